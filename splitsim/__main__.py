@@ -1,0 +1,3 @@
+from splitsim.cli import main
+
+raise SystemExit(main())

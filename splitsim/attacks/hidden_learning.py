@@ -1,0 +1,294 @@
+"""The hidden-learning model supplier (da Cunha, Natale, Viennot, OLA 2023; papers/001, section 2).
+
+Threat model: a supplier ships an official network N_o that data owners run on their private
+input x; only the scores N_o(x) (and declared side information, e.g. the Covid app's region)
+reach the supplier's server. The supplier trained N_o jointly with a secret network N_s that
+reads those scores, minimising the paper's combined loss
+
+    L = L_o(N_o(x), y_o) + L_s(N_s(N_o(x)), y_s)                              (section 2)
+
+so that N_o stays accurate on the official task while its scores carry the secret. The paper's
+two baselines are trained too: To-then-Ts (N_o trained on L_o alone, then N_s on its frozen
+scores: the black-box attacker) and Ts-only (the whole stack trained on L_s: the upper bound).
+Model selection keeps the epoch with the best validation accuracy, the sum of both accuracies
+for To-and-Ts (section 4.1). Several secrets share one N_o: L_s is their mean.
+
+Shapes: x (n, ...) -> scores (n, k_o) in [0, 1]; secret input [scores, side] (n, k_o + d)
+-> logits (n, k_s).
+
+    >>> models = train_supplier(dataset, scenario, progress)       # all three regimes
+    >>> models.decode("cv_risk", scores, side)                     # what the server learns
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from splitsim.data.score_data import OfficialTask, ScoreData, stream
+from splitsim.metrics import accuracy, majority_rate, roc_auc
+
+Progress = Callable[[str], None]
+
+
+class ScoreNet(nn.Module):
+    """An official network with its output map: sigmoid per label or softmax over classes."""
+
+    def __init__(self, body: nn.Module, task: OfficialTask) -> None:
+        super().__init__()
+        self.body = body
+        self.kind = task.kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.body(x)
+        return torch.sigmoid(logits) if self.kind == "multilabel" else F.softmax(logits, dim=1)
+
+
+def official_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "multilabel":
+        return F.binary_cross_entropy_with_logits(logits, y.float())
+    return F.cross_entropy(logits, y)
+
+
+def official_predictions(scores: np.ndarray, kind: str) -> np.ndarray:
+    return (scores >= 0.5).astype(np.int64) if kind == "multilabel" else scores.argmax(axis=1)
+
+
+def official_quality(scores: np.ndarray, y: np.ndarray, task: OfficialTask) -> dict[str, float]:
+    """Accuracy (mean over labels for multilabel tasks) and, per binary label, ROC AUC."""
+    pred = official_predictions(scores, task.kind)
+    out = {"accuracy": accuracy(pred, y)}
+    if task.kind == "multilabel":
+        for j, name in enumerate(task.names):
+            out[f"{name}_accuracy"] = accuracy(pred[:, j], y[:, j])
+            out[f"{name}_auc"] = roc_auc(y[:, j], scores[:, j])
+    return out
+
+
+def secret_input(scores: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
+    return torch.cat([scores, side], dim=1)
+
+
+@dataclass
+class Trained:
+    """One regime's networks after model selection, with the epoch that was kept."""
+
+    official: ScoreNet
+    secrets: dict[str, nn.Module]
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def _tensors(data: ScoreData) -> tuple[torch.Tensor, ...]:
+    secrets = [torch.as_tensor(data.secrets[k]) for k in sorted(data.secrets)]
+    return (
+        torch.as_tensor(data.x),
+        torch.as_tensor(data.side),
+        torch.as_tensor(data.official),
+        *secrets,
+    )
+
+
+@torch.no_grad()
+def predict_scores(net: ScoreNet, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+    net.eval()
+    parts = [net.scores(torch.as_tensor(x[i : i + batch])) for i in range(0, len(x), batch)]
+    return torch.cat(parts).numpy()
+
+
+@torch.no_grad()
+def predict_secret(net: nn.Module, scores: np.ndarray, side: np.ndarray) -> np.ndarray:
+    net.eval()
+    logits = net(secret_input(torch.as_tensor(scores), torch.as_tensor(side)))
+    return logits.argmax(dim=1).numpy()
+
+
+def _evaluate(
+    official: ScoreNet, secrets: dict[str, nn.Module], data: ScoreData, task: OfficialTask
+) -> dict[str, float]:
+    scores = predict_scores(official, data.x)
+    out = {"official": official_quality(scores, data.official, task)["accuracy"]}
+    for name, net in secrets.items():
+        out[name] = accuracy(predict_secret(net, scores, data.side), data.secrets[name])
+    return out
+
+
+def train_regime(
+    official: ScoreNet,
+    secrets: dict[str, nn.Module],
+    train: ScoreData,
+    val: ScoreData,
+    task: OfficialTask,
+    *,
+    official_loss_on: bool,
+    official_frozen: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    on_epoch: Progress,
+) -> Trained:
+    """Minimise [L_o] + sum_s L_s with Adam; keep the epoch with the best validation accuracy.
+
+    The selection score sums the accuracies of the tasks this regime optimises: official plus
+    secret for To-and-Ts, the official alone for an honest N_o, the secret alone otherwise.
+    With several secrets, L_s and the secret accuracy are averaged over them, so the balance
+    between official and secret stays the paper's one to one.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    params = [p for net in secrets.values() for p in net.parameters()]
+    if not official_frozen:
+        params += list(official.parameters())
+    optimiser = torch.optim.Adam(params, lr=lr)
+    x, side, y_o, *y_s = _tensors(train)
+    secret_names = sorted(train.secrets)
+    targets = {name: y_s[secret_names.index(name)] for name in secrets}
+    best_score, best_epoch = -np.inf, 0
+    best_state = copy.deepcopy((official.state_dict(), {k: v.state_dict() for k, v in secrets.items()}))
+    history: list[dict[str, float]] = []
+    for epoch in range(1, epochs + 1):
+        official.train(not official_frozen)
+        for net in secrets.values():
+            net.train()
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), batch_size):
+            idx = order[start : start + batch_size]
+            with torch.set_grad_enabled(not official_frozen):
+                logits = official(x[idx])
+            loss = official_loss(logits, y_o[idx], task.kind) if official_loss_on else 0.0
+            if secrets:
+                probs = torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, 1)
+                features = secret_input(probs, side[idx])
+                secret_loss = sum(
+                    F.cross_entropy(net(features), targets[name][idx]) for name, net in secrets.items()
+                )
+                loss = loss + secret_loss / len(secrets)
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+        metrics = _evaluate(official, secrets, val, task)
+        history.append({"epoch": epoch, **metrics})
+        score = (metrics["official"] if official_loss_on else 0.0) + (
+            np.mean([metrics[name] for name in secrets]) if secrets else 0.0
+        )
+        if score > best_score:
+            best_score, best_epoch = score, epoch
+            best_state = copy.deepcopy(
+                (official.state_dict(), {k: v.state_dict() for k, v in secrets.items()})
+            )
+        on_epoch(f"epoch {epoch}/{epochs}")
+    official.load_state_dict(best_state[0])
+    for name, net in secrets.items():
+        net.load_state_dict(best_state[1][name])
+    return Trained(official=official, secrets=secrets, best_epoch=best_epoch, history=history)
+
+
+@dataclass
+class SupplierModels:
+    """Everything the supplier trained: the shipped (hidden) N_o and the baselines."""
+
+    task: OfficialTask
+    hidden: Trained  # To-and-Ts: the model that is shipped, and the server's N_s
+    honest: Trained  # To: an honest supplier's N_o
+    then_secret: dict[str, nn.Module]  # To-then-Ts: N_s on the honest N_o's frozen scores
+    secret_only: dict[str, Trained]  # Ts-only: the whole stack trained on L_s
+
+    def decode(self, secret: str, scores: np.ndarray, side: np.ndarray) -> np.ndarray:
+        """The malicious server's step: secret classes from what the clients sent."""
+        return predict_secret(self.hidden.secrets[secret], scores, side)
+
+
+def split_validation(data: ScoreData, fraction: float, seed: int) -> tuple[ScoreData, ScoreData]:
+    """Hold out ``fraction`` of the supplier's training data for model selection (paper: 10 %)."""
+    order = np.random.default_rng(stream(seed, 10)).permutation(len(data))
+    n_val = max(1, int(round(fraction * len(data))))
+    return data.subset(order[n_val:]), data.subset(order[:n_val])
+
+
+def train_supplier(
+    train_all: ScoreData,
+    task: OfficialTask,
+    secrets: list[str],
+    secret_classes: dict[str, int],
+    build_official: Callable[[], nn.Module],
+    build_secret: Callable[[int, int], nn.Module],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    validation_fraction: float,
+    seed: int,
+    on_epoch: Progress,
+) -> SupplierModels:
+    """Train the three regimes of the paper's Table 1 on the supplier's data."""
+    train, val = split_validation(train_all, validation_fraction, seed)
+    in_secret = task.outputs + train.side.shape[1]
+    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, on_epoch=on_epoch)
+
+    def fresh(salt: int) -> tuple[ScoreNet, int]:
+        run_seed = int(stream(seed, 20, salt).generate_state(1)[0])
+        torch.manual_seed(run_seed)
+        return ScoreNet(build_official(), task), run_seed
+
+    def secret_nets(names: list[str]) -> dict[str, nn.Module]:
+        return {name: build_secret(in_secret, secret_classes[name]) for name in names}
+
+    official, s = fresh(0)
+    hidden = train_regime(
+        official, secret_nets(secrets), train, val, task,
+        official_loss_on=True, official_frozen=False, seed=s, **common,
+    )
+    official, s = fresh(1)
+    honest = train_regime(
+        official, {}, train, val, task,
+        official_loss_on=True, official_frozen=False, seed=s, **common,
+    )
+    then_secret: dict[str, nn.Module] = {}
+    secret_only: dict[str, Trained] = {}
+    for i, name in enumerate(secrets):
+        _, s = fresh(10 + i)
+        then_secret[name] = train_regime(
+            honest.official, secret_nets([name]), train, val, task,
+            official_loss_on=False, official_frozen=True, seed=s, **common,
+        ).secrets[name]
+        official, s = fresh(20 + i)
+        secret_only[name] = train_regime(
+            official, secret_nets([name]), train, val, task,
+            official_loss_on=False, official_frozen=False, seed=s, **common,
+        )
+    return SupplierModels(task, hidden, honest, then_secret, secret_only)
+
+
+def regime_metrics(models: SupplierModels, test: ScoreData, secrets: list[str]) -> dict:
+    """Table 1 of the paper for one experiment: official quality and secret accuracy per regime."""
+    task = models.task
+    hidden_scores = predict_scores(models.hidden.official, test.x)
+    honest_scores = predict_scores(models.honest.official, test.x)
+    out: dict = {
+        "official": {
+            "hidden": official_quality(hidden_scores, test.official, task),
+            "honest": official_quality(honest_scores, test.official, task),
+        },
+        "secrets": {},
+        "best_epoch": {"to_and_ts": models.hidden.best_epoch, "to": models.honest.best_epoch},
+    }
+    for name in secrets:
+        y = test.secrets[name]
+        only = models.secret_only[name]
+        only_scores = predict_scores(only.official, test.x)
+        out["secrets"][name] = {
+            "to_and_ts": accuracy(predict_secret(models.hidden.secrets[name], hidden_scores, test.side), y),
+            "to_then_ts": accuracy(predict_secret(models.then_secret[name], honest_scores, test.side), y),
+            "ts_only": accuracy(predict_secret(only.secrets[name], only_scores, test.side), y),
+            "chance": majority_rate(y),
+        }
+    return out

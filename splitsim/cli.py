@@ -1,0 +1,86 @@
+"""``python -m splitsim run|list``: one scenario file, one command, one run folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from rich.console import Console
+
+from splitsim.errors import ScenarioError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m splitsim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one scenario and write runs/<scenario>/<timestamp>/")
+    run.add_argument("scenario", help="path to a scenario YAML file")
+    run.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a field, e.g. --set deployment.clients=1000 --set defences.0.scale=0.5",
+    )
+    run.add_argument("--out", default=None, help="folder for runs (default: the scenario's output_dir)")
+    sub.add_parser("list", help="name the roles, defences, datasets and models that exist")
+    return parser
+
+
+def cmd_list(console: Console) -> int:
+    import splitsim.plugins  # noqa: F401
+    from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES, describe
+
+    for registry in (ROLES, DEFENCES, DATASETS, MODELS):
+        console.print(f"[bold]{registry.kind}s[/bold]")
+        for name, obj in registry.items():
+            console.print(f"  {name:<24} {describe(obj)}", soft_wrap=True, highlight=False)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from splitsim.scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, args.overrides)  # bad input stops here, no folder yet
+
+    from splitsim import report
+    from splitsim.registry import ROLES
+    from splitsim.runs import open_run, versions
+
+    started = time.perf_counter()
+    role = ROLES.get(scenario.role.name)
+    console.print(f"[bold]{scenario.name}[/bold]: role {scenario.role.name}, seed {scenario.seed}")
+    with open_run(scenario, console, args.out) as run:
+        outcome = role.run(scenario, run)
+        results = {
+            "scenario": scenario.name,
+            "role": scenario.role.name,
+            "seed": scenario.seed,
+            "defences": [spec.model_dump() for spec in scenario.defences],
+            "metrics": outcome["metrics"],
+            "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
+            "versions": versions(),
+        }
+        report.write(run.folder, scenario.name, results, outcome["plots"])
+    console.print(report.console_table(results["metrics"]))
+    console.print(f"run folder: [bold]{run.folder}[/bold]")
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    console = Console(stderr=False)
+    try:
+        if args.command == "list":
+            return cmd_list(console)
+        return cmd_run(args, console)
+    except ScenarioError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted; the unfinished run folder is marked .failed", file=sys.stderr)
+        return 130

@@ -1,0 +1,58 @@
+"""What a score-leakage threat model needs from a dataset: inputs, side information, labels."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OfficialTask:
+    """The official task: ``multilabel`` (one sigmoid score per label) or ``multiclass``."""
+
+    kind: Literal["multilabel", "multiclass"]
+    names: tuple[str, ...]
+
+    @property
+    def outputs(self) -> int:
+        return len(self.names)
+
+
+@dataclass(frozen=True)
+class ScoreData:
+    """A set of data owners' inputs with every label.
+
+    ``side`` is what the client sends in clear next to the scores (the Covid app's region,
+    one-hot); ``side_raw`` is the same as it travels on the wire.
+    """
+
+    x: np.ndarray  # (n, ...) float32 network input
+    side: np.ndarray  # (n, d) float32, d may be 0
+    side_raw: dict[str, np.ndarray]
+    official: np.ndarray  # (n, k) int for multilabel, (n,) int for multiclass
+    secrets: dict[str, np.ndarray]  # name -> (n,) int class index
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def subset(self, index: np.ndarray) -> ScoreData:
+        return ScoreData(
+            x=self.x[index],
+            side=self.side[index],
+            side_raw={k: v[index] for k, v in self.side_raw.items()},
+            official=self.official[index],
+            secrets={k: v[index] for k, v in self.secrets.items()},
+        )
+
+
+def partition_sizes(users: int, clients: int) -> list[int]:
+    """Users per client, as equal as possible, in partition order."""
+    base, extra = divmod(users, clients)
+    return [base + (1 if i < extra else 0) for i in range(clients)]
+
+
+def stream(seed: int, *labels: int) -> np.random.SeedSequence:
+    """An independent random stream per (seed, purpose, partition): reproducible anywhere."""
+    return np.random.SeedSequence([seed, *labels])

@@ -1,0 +1,13 @@
+"""Client-side defences, one file each; see base.py for the stages they act on."""
+
+from splitsim.defences import laplace, rounding, weight_noise  # noqa: F401
+from splitsim.defences.base import Defence, apply_stage
+from splitsim.registry import DEFENCES
+
+
+def build(specs: list) -> list[Defence]:
+    """Scenario ``defences:`` entries -> defence objects, in order."""
+    return [DEFENCES.get(spec.name)(spec.params) for spec in specs]
+
+
+__all__ = ["Defence", "apply_stage", "build"]

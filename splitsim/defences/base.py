@@ -1,0 +1,41 @@
+"""What every defence is: a transform the data owner applies at one stage of its computation.
+
+Stages: ``payload`` (what leaves the client: scores, intermediate tensors), ``weights`` (the
+model the client received, before it runs it). A role declares which stages it has; a defence
+whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+Stage = Literal["payload", "weights"]
+
+
+class DefenceParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Defence:
+    stage: ClassVar[Stage]
+    Params: ClassVar[type[DefenceParams]]
+
+    def __init__(self, params: DefenceParams) -> None:
+        self.params = params
+
+    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Return the defended copy of ``values`` (a payload, or one weight tensor)."""
+        raise NotImplementedError
+
+
+def apply_stage(
+    defences: list[Defence], stage: Stage, values: np.ndarray, rng: np.random.Generator
+) -> np.ndarray:
+    """Apply, in scenario order, the defences of one stage."""
+    for defence in defences:
+        if defence.stage == stage:
+            values = defence.apply(values, rng)
+    return values

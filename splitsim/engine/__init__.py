@@ -1,0 +1,1 @@
+"""Flower plumbing: tensors <-> records, the wire log, and run_simulation on Ray."""

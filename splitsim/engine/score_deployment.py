@@ -1,0 +1,157 @@
+"""Deploying a supplier's model to data owners over Flower and collecting their scores.
+
+Two phases, each one message per node and one reply:
+
+- ``install``: the ServerApp ships the official weights (ArrayRecord ``official_model``); each
+  ClientApp applies its ``weights``-stage defences once and keeps its copy in ``context.state``
+  (a node's messages may be served by different Ray actors, so no module-level cache).
+- ``collect``: each ClientApp runs its copy on its users' private inputs, applies its
+  ``payload``-stage defences to the scores, and replies with the scores and the declared side
+  fields only. The ServerApp refuses any other record, logs every message to ``wire.jsonl`` and
+  writes what it received to ``received.npz``: all the malicious server will ever see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from splitsim import defences as defence_lib
+from splitsim.attacks.hidden_learning import ScoreNet
+from splitsim.data.score_data import stream
+from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state, state_to_record
+from splitsim.engine.simulation import exchange, wait_for_nodes
+from splitsim.engine.wire import WireLog
+from splitsim.registry import DATASETS, MODELS
+from splitsim.scenario import Scenario
+
+# Random-stream purposes on the client side.
+_WEIGHT_NOISE, _PAYLOAD_NOISE = 40, 41
+
+
+@dataclass
+class Received:
+    """What reached the server, in partition order, plus what happened to each node."""
+
+    partitions: list[int] = field(default_factory=list)
+    payload: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
+    failures: list[dict[str, object]] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def stacked(self) -> dict[str, np.ndarray]:
+        order = sorted(self.payload)
+        names = list(self.payload[order[0]]) if order else []
+        out = {name: np.concatenate([self.payload[p][name] for p in order]) for name in names}
+        out["partition"] = np.concatenate(
+            [np.full(len(self.payload[p]["scores"]), p) for p in order]
+        ).astype(np.int64)
+        return out
+
+
+def official_network(scenario: Scenario, input_dim: int) -> ScoreNet:
+    dataset = DATASETS.get(scenario.dataset.name)
+    spec = scenario.models.official
+    body = MODELS.get(spec.name).build(spec.params, input_dim, dataset.official.outputs)
+    return ScoreNet(body, dataset.official)
+
+
+def client_app(scenario: Scenario, input_dim: int) -> ClientApp:
+    app = ClientApp()
+    dataset_cls = DATASETS.get(scenario.dataset.name)
+    side_fields = dataset_cls.side_fields
+
+    @app.query()
+    def handle(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        chosen = defence_lib.build(scenario.defences)
+        phase = msg.content["config"]["phase"]
+        if phase == "install":
+            rng = np.random.default_rng(stream(scenario.seed, _WEIGHT_NOISE, pid))
+            weights = record_to_arrays(msg.content["official_model"])
+            weights = {k: defence_lib.apply_stage(chosen, "weights", w, rng) for k, w in weights.items()}
+            context.state["official_model"] = arrays_to_record(weights)
+            return Message(RecordDict({"ack": ConfigRecord({"installed": True})}), reply_to=msg)
+        if phase != "collect":
+            raise ValueError(f"unknown phase {phase!r}")
+        dataset = dataset_cls(scenario.dataset.params, scenario.seed)
+        users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
+        net = official_network(scenario, input_dim)
+        net.load_state_dict(record_to_state(context.state["official_model"]))
+        net.eval()
+        with torch.no_grad():
+            scores = net.scores(torch.as_tensor(users.x)).numpy()
+        rng = np.random.default_rng(stream(scenario.seed, _PAYLOAD_NOISE, pid))
+        scores = defence_lib.apply_stage(chosen, "payload", scores, rng)
+        payload = {"scores": scores, **{name: users.side_raw[name] for name in side_fields}}
+        content = RecordDict(
+            {"payload": arrays_to_record(payload), "meta": ConfigRecord({"partition": pid})}
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def server_app(
+    scenario: Scenario,
+    official_state: dict[str, torch.Tensor],
+    wire: WireLog,
+    received: Received,
+    on_reply: Callable[[str], None],
+) -> ServerApp:
+    app = ServerApp()
+    allowed = {"scores", *DATASETS.get(scenario.dataset.name).side_fields}
+    batch = scenario.engine.messages_per_batch
+
+    def send(grid: Grid, ids: list[int], phase: str, rnd: int, handle: Callable[[Message], None]) -> None:
+        messages = []
+        for node in ids:
+            content = RecordDict({"config": ConfigRecord({"phase": phase})})
+            if phase == "install":
+                content["official_model"] = state_to_record(official_state)
+            msg = Message(content, dst_node_id=node, message_type="query")
+            wire.log(round=rnd, phase=phase, sender="server", receiver=f"node:{node}", content=content)
+            messages.append(msg)
+
+        def logged(reply: Message) -> None:
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                received.failures.append({"node": node, "phase": phase, "error": reply.error.reason})
+            else:
+                wire.log(round=rnd, phase=phase, sender=f"node:{node}", receiver="server", content=reply.content)
+                handle(reply)
+            on_reply(phase)
+
+        exchange(grid, messages, batch, logged)
+
+    def collect(reply: Message) -> None:
+        extra = set(reply.content.keys()) - {"payload", "meta"}
+        arrays = record_to_arrays(reply.content["payload"])
+        if extra or set(arrays) - allowed:
+            raise RuntimeError(f"a client sent more than its declared payload: {sorted(extra | set(arrays))}")
+        received.payload[int(reply.content["meta"]["partition"])] = arrays
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            ids = wait_for_nodes(grid, scenario.deployment.clients)
+            send(grid, ids, "install", 1, lambda reply: None)
+            send(grid, ids, "collect", 2, collect)
+            received.partitions = sorted(received.payload)
+        except BaseException as err:  # surfaced by the caller: Flower would only log it
+            received.error = err
+            raise
+
+    return app
+
+
+def save_received(received: Received, path: Path) -> dict[str, np.ndarray]:
+    stacked = received.stacked()
+    np.savez_compressed(path, **stacked)
+    return stacked

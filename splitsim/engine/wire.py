@@ -1,0 +1,69 @@
+"""The wire log: one JSON line per Flower message that crossed the trust boundary.
+
+Each line names the round, phase, sender, receiver and, for every record in the message, its
+kind and the shape, dtype and size of each entry, so a reader can check that nothing but the
+declared payload left a data owner.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, RecordDict
+
+
+def describe(content: RecordDict) -> tuple[list[dict[str, Any]], int]:
+    """Record-by-record summary of a message's content and its payload size in bytes."""
+    records: list[dict[str, Any]] = []
+    total = 0
+    for name, record in content.items():
+        entries: dict[str, Any] = {}
+        if isinstance(record, ArrayRecord):
+            for key, array in record.items():
+                size = len(array.data)
+                entries[key] = {"shape": list(array.shape), "dtype": array.dtype, "bytes": size}
+                total += size
+        else:
+            for key, value in record.items():
+                size = len(json.dumps(value, default=str))
+                entries[key] = {"type": type(value).__name__, "bytes": size}
+                total += size
+        records.append({"name": name, "kind": type(record).__name__, "entries": entries})
+    return records, total
+
+
+class WireLog:
+    """Append-only JSON-lines log, safe to call from the ServerApp thread."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._file = path.open("a", buffering=1)
+        self.messages = 0
+        self.bytes = {"to_clients": 0, "from_clients": 0}
+
+    def log(self, *, round: int, phase: str, sender: str, receiver: str, content: RecordDict) -> int:
+        records, size = describe(content)
+        line = {
+            "round": round,
+            "phase": phase,
+            "sender": sender,
+            "receiver": receiver,
+            "records": records,
+            "bytes": size,
+        }
+        with self._lock:
+            self._file.write(json.dumps(line) + "\n")
+            self.messages += 1
+            self.bytes["from_clients" if sender != "server" else "to_clients"] += size
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,151 @@
+"""What a finished run leaves behind: results.json, metrics.csv, report.md, plots, a console table."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from splitsim.runs import write_atomic, write_json  # noqa: E402
+
+REGIMES = (("to_then_ts", "To-then-Ts"), ("to_and_ts", "To-and-Ts"), ("ts_only", "Ts-only"))
+
+
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(data, dict):
+        rows: list[tuple[str, Any]] = []
+        for key in sorted(data):
+            rows += flatten(data[key], f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(data, list):
+        return [(prefix, ";".join(str(v) for v in data))]
+    return [(prefix, data)]
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def plot_secret_accuracy(metrics: dict, path: Path) -> None:
+    secrets = list(metrics["regimes"]["secrets"])
+    fig, axes = plt.subplots(1, len(secrets), figsize=(4.2 * len(secrets), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], secrets):
+        cell = metrics["regimes"]["secrets"][name]
+        labels = [label for _, label in REGIMES] + ["deployed\n(Flower)"]
+        values = [cell[key] for key, _ in REGIMES] + [
+            metrics["deployment"]["secrets"][name]["accuracy"]
+        ]
+        colours = ["#8da0cb", "#e78ac3", "#a6d854", "#fc8d62"]
+        bars = ax.bar(labels, [100 * v for v in values], color=colours)
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+        ax.axhline(100 * cell["chance"], color="black", ls="--", lw=1, label="chance")
+        ax.set_ylim(0, 105)
+        ax.set_title(f"secret: {name}")
+        ax.set_ylabel("secret accuracy (%)")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle("What the server recovers from the scores, per training regime")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_score_distribution(plots: dict, path: Path, max_points: int = 2500) -> None:
+    """Scores of held-out users, honest vs hidden N_o, coloured by secret class."""
+    secrets = list(plots["test_secrets"])
+    names = plots["official_names"]
+    fig, axes = plt.subplots(
+        len(secrets), 2, figsize=(9, 4 * len(secrets)), squeeze=False, sharex=True, sharey=True
+    )
+    rng = np.random.default_rng(0)
+    n = len(next(iter(plots["test_secrets"].values())))
+    keep = rng.permutation(n)[:max_points]
+    for row, secret in enumerate(secrets):
+        labels = plots["test_secrets"][secret][keep]
+        for col, which in enumerate(("honest", "hidden")):
+            ax = axes[row][col]
+            scores = plots["test_scores"][which][keep]
+            for k, cls in enumerate(plots["secret_names"][secret]):
+                mask = labels == k
+                ax.scatter(scores[mask, 0], scores[mask, 1], s=4, alpha=0.5, label=cls)
+            ax.set_title(f"{which} N_o, coloured by {secret}")
+            ax.set_xlabel(f"score: {names[0]}")
+            ax.set_ylabel(f"score: {names[1] if len(names) > 1 else names[0]}")
+            ax.legend(markerscale=3, fontsize=8, loc="upper right")
+    fig.suptitle("Held-out users' scores: the hidden network sorts them by the secret")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def console_table(metrics: dict) -> Table:
+    table = Table(title="hidden learning: headline numbers")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    official = metrics["regimes"]["official"]
+    table.add_row("official accuracy, hidden N_o", _pct(official["hidden"]["accuracy"]))
+    table.add_row("official accuracy, honest N_o", _pct(official["honest"]["accuracy"]))
+    table.add_row(
+        "official accuracy, deployed scores", _pct(metrics["deployment"]["official"]["accuracy"])
+    )
+    for name, cell in metrics["regimes"]["secrets"].items():
+        for key, label in REGIMES:
+            table.add_row(f"{name}: {label}", _pct(cell[key]))
+        table.add_row(f"{name}: deployed (Flower)", _pct(metrics["deployment"]["secrets"][name]["accuracy"]))
+        table.add_row(f"{name}: chance", _pct(cell["chance"]))
+    table.add_row("records sent by clients", ", ".join(metrics["wire"]["client_records"]))
+    return table
+
+
+def markdown(scenario_name: str, results: dict) -> str:
+    m = results["metrics"]
+    official = m["regimes"]["official"]
+    out = io.StringIO()
+    w = out.write
+    w(f"# {scenario_name}: hidden learning\n\n")
+    w(f"Seed {results['seed']}; {m['deployment']['users']} users on {m['deployment']['clients']} ")
+    w(f"Flower clients; defences: {results['defences'] or 'none'}.\n\n")
+    w("## Official task (held-out users)\n\n| network | accuracy |")
+    labels = [k for k in official["hidden"] if k != "accuracy"]
+    w("".join(f" {k} |" for k in labels) + "\n|---|---|" + "---|" * len(labels) + "\n")
+    for which in ("hidden", "honest"):
+        row = official[which]
+        w(f"| {which} N_o | {_pct(row['accuracy'])} |")
+        w("".join(f" {row[k]:.3f} |" if "auc" in k else f" {_pct(row[k])} |" for k in labels) + "\n")
+    dep = m["deployment"]["official"]
+    w(f"\nScores as delivered through Flower (after the clients' defences): accuracy {_pct(dep['accuracy'])}.\n\n")
+    w("## Secret tasks\n\n| secret | To-then-Ts | To-and-Ts | Ts-only | deployed (Flower) | chance |\n")
+    w("|---|---|---|---|---|---|\n")
+    for name, cell in m["regimes"]["secrets"].items():
+        deployed = m["deployment"]["secrets"][name]["accuracy"]
+        w(f"| {name} | {_pct(cell['to_then_ts'])} | {_pct(cell['to_and_ts'])} | {_pct(cell['ts_only'])} ")
+        w(f"| {_pct(deployed)} | {_pct(cell['chance'])} |\n")
+    w("\nTo-then-Ts is the black-box attacker on an honest network; To-and-Ts the hidden-learning ")
+    w("supplier; Ts-only the upper bound (papers/001, Table 1).\n\n")
+    w("![secret accuracy](secret_accuracy.png)\n\n![score distribution](score_distribution.png)\n\n")
+    wire = m["wire"]
+    w("## What crossed the boundary\n\n")
+    w(f"{wire['messages']} messages; {wire['bytes_to_clients']} bytes to clients, ")
+    w(f"{wire['bytes_from_clients']} bytes from clients. Records sent by clients: ")
+    w(", ".join(f"`{r}`" for r in wire["client_records"]) + " (see `wire.jsonl`).\n")
+    return out.getvalue()
+
+
+def write(folder: Path, scenario_name: str, results: dict, plots: dict) -> None:
+    write_json(folder / "results.json", results)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["metric", "value"])
+    writer.writerows(flatten(results["metrics"]))
+    write_atomic(folder / "metrics.csv", buffer.getvalue())
+    plot_secret_accuracy(results["metrics"], folder / "secret_accuracy.png")
+    plot_score_distribution(plots, folder / "score_distribution.png")
+    write_atomic(folder / "report.md", markdown(scenario_name, results))

@@ -1,0 +1,130 @@
+"""The run folder: staged under a hidden name, published by one atomic rename when complete.
+
+``runs/<scenario>/.<timestamp>.partial/`` while running; ``runs/<scenario>/<timestamp>/`` when
+every file is written; ``runs/<scenario>/<timestamp>.failed/`` (with ``error.txt``) when it
+stopped on an error. A folder without a suffix is always a finished result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from splitsim.scenario import Scenario
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for package in ("splitsim", "torch", "flwr", "ray", "numpy"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "not installed"
+    return out
+
+
+def _clean(value: Any) -> Any:
+    """JSON has no NaN: an undefined metric (e.g. AUC of one class) is written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class Run:
+    """A run in progress: its staging folder, console and progress bars."""
+
+    scenario: Scenario
+    folder: Path
+    console: Console
+    progress: Progress
+    started: float = field(default_factory=time.perf_counter)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str, total: int | None) -> Iterator[Any]:
+        """A progress bar for one phase; yields ``advance(n=1)``; records the phase's time."""
+        task = self.progress.add_task(name, total=total)
+        start = time.perf_counter()
+
+        def advance(_: object = None, n: int = 1) -> None:
+            self.progress.advance(task, n)
+
+        try:
+            yield advance
+        finally:
+            self.timings[name] = round(time.perf_counter() - start, 3)
+            self.progress.update(task, completed=total if total is not None else 1, total=total or 1)
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+@contextmanager
+def open_run(scenario: Scenario, console: Console, base: Path | None = None) -> Iterator[Run]:
+    root = Path(base or scenario.output_dir) / scenario.name
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _stamp()
+    suffix = 0
+    while any((root / f"{stamp}{tail}").exists() for tail in ("", ".failed", ".partial")):
+        suffix += 1
+        stamp = f"{_stamp()}-{suffix}"
+    staging = root / f".{stamp}.partial"
+    staging.mkdir()
+    resolved = {**scenario.resolved(), "versions": versions()}
+    write_atomic(staging / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    progress = Progress(
+        TextColumn("[bold]{task.description:<26}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    run = Run(scenario=scenario, folder=staging, console=console, progress=progress)
+    try:
+        with progress:
+            yield run
+    except BaseException as err:
+        (staging / "error.txt").write_text("".join(traceback.format_exception(err)))
+        os.replace(staging, root / f"{stamp}.failed")
+        raise
+    final = root / stamp
+    os.replace(staging, final)
+    run.folder = final

@@ -1,0 +1,223 @@
+"""The scenario file: pydantic models of the YAML, ``--set`` overrides and one-line errors.
+
+A scenario names its parts (dataset, role, models, defences) by registry name; each part's own
+fields are validated against that part's ``Params`` model, so a typo anywhere is caught before
+anything runs and reported as ``<file>: <field>: <what is allowed>``.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+
+from splitsim.errors import ScenarioError
+from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES, Registry
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin(BaseModel):
+    """``{name: ..., <the part's own fields>}``; the fields are checked against the registry."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    _params: BaseModel | None = PrivateAttr(default=None)
+
+    @property
+    def params(self) -> Any:
+        if self._params is None:
+            raise RuntimeError("scenario was not loaded through load_scenario()")
+        return self._params
+
+
+class Models(Strict):
+    official: Plugin = Plugin(name="health_mlp")
+    secret: Plugin = Plugin(name="secret_mlp")
+
+
+class Training(Strict):
+    epochs: int = Field(40, ge=1, description="the paper trains 40 epochs")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+
+
+class Deployment(Strict):
+    clients: int = Field(10, ge=1, description="Flower nodes, one partition of users each")
+    users: int = Field(2000, ge=1, description="data owners across all clients")
+
+
+class Engine(Strict):
+    num_cpus: float = Field(1.0, gt=0, description="CPU cores per client actor")
+    num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client actor")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    messages_per_batch: int = Field(100, ge=1, description="messages per send_and_receive call")
+
+
+class Scenario(Strict):
+    name: str = ""
+    description: str = ""
+    seed: int = Field(0, ge=0)
+    dataset: Plugin
+    role: Plugin
+    models: Models = Models()
+    training: Training = Training()
+    deployment: Deployment = Deployment()
+    defences: list[Plugin] = []
+    engine: Engine = Engine()
+    output_dir: str = "runs"
+
+    def resolved(self) -> dict[str, Any]:
+        """Every field with its default filled in, as plain YAML-able data."""
+        return self.model_dump(mode="json")
+
+
+def apply_override(data: dict[str, Any], expr: str, source: str) -> None:
+    """Apply ``a.b.0.c=value`` to the raw scenario mapping; the value is parsed as YAML."""
+    if "=" not in expr:
+        raise ScenarioError(source, f"--set {expr}", "expected key=value, e.g. --set seed=3")
+    path, _, text = expr.partition("=")
+    keys = path.strip().split(".")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ScenarioError(source, path, f"--set value is not valid YAML ({err})") from None
+    node: Any = data
+    for depth, key in enumerate(keys):
+        last = depth == len(keys) - 1
+        where = ".".join(keys[: depth + 1])
+        if isinstance(node, list):
+            if not key.isdigit() or int(key) >= len(node):
+                raise ScenarioError(source, where, f"no item {key}; the list has {len(node)}")
+            if last:
+                node[int(key)] = value
+            else:
+                node = node[int(key)]
+        elif isinstance(node, dict):
+            if last:
+                node[key] = value
+            else:
+                node = node.setdefault(key, {})
+        else:
+            raise ScenarioError(source, where, f"cannot set a field inside a {type(node).__name__}")
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The field names allowed at ``loc`` (used to say what a typo'd key should have been)."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = field.annotation
+        while typing.get_origin(current) in (list, typing.Union):
+            current = next(a for a in typing.get_args(current) if a is not type(None))
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _pydantic_error(
+    err: ValidationError, source: str, model: type[BaseModel], prefix: tuple[Any, ...] = ()
+) -> ScenarioError:
+    first = err.errors()[0]
+    loc = prefix + tuple(first["loc"])
+    field = _dotted(loc)
+    if first["type"] == "extra_forbidden":
+        allowed = _fields_at(model, tuple(first["loc"])[:-1])
+        return ScenarioError(source, field, f"unknown field; allowed: {', '.join(allowed)}")
+    if first["type"] == "missing":
+        return ScenarioError(source, field, "required field is missing")
+    got = first.get("input")
+    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    return ScenarioError(source, field, f"{first['msg']} (got {shown})")
+
+
+def _bind(plugin: Plugin, registry: Registry, loc: tuple[Any, ...], source: str) -> None:
+    """Validate a part's fields against its registered ``Params`` and store the result."""
+    where = _dotted(loc)
+    if plugin.name not in registry:
+        raise ScenarioError(
+            source,
+            f"{where}.name",
+            f"unknown {registry.kind} {plugin.name!r}; allowed: {', '.join(registry.names())}",
+        )
+    params_model: type[BaseModel] = registry.get(plugin.name).Params
+    extras = dict(plugin.model_extra or {})
+    try:
+        params = params_model.model_validate(extras)
+    except ValidationError as err:
+        raise _pydantic_error(err, source, params_model, loc) from None
+    # Write the validated, default-filled fields back so the resolved scenario shows them.
+    for key in list(plugin.model_extra or {}):
+        delattr(plugin, key)
+    for key, value in params.model_dump(mode="json").items():
+        setattr(plugin, key, value)
+    plugin._params = params
+
+
+def validate(data: Any, source: str) -> Scenario:
+    """Turn a raw mapping into a checked :class:`Scenario`, or raise one :class:`ScenarioError`."""
+    import splitsim.plugins  # noqa: F401  (fills the registries)
+
+    if not isinstance(data, dict):
+        raise ScenarioError(source, "", "a scenario must be a YAML mapping of fields")
+    try:
+        scenario = Scenario.model_validate(data)
+    except ValidationError as err:
+        raise _pydantic_error(err, source, Scenario) from None
+    if not scenario.name:
+        scenario.name = Path(source).stem
+    _bind(scenario.dataset, DATASETS, ("dataset",), source)
+    _bind(scenario.role, ROLES, ("role",), source)
+    _bind(scenario.models.official, MODELS, ("models", "official"), source)
+    _bind(scenario.models.secret, MODELS, ("models", "secret"), source)
+    for i, defence in enumerate(scenario.defences):
+        _bind(defence, DEFENCES, ("defences", i), source)
+    if scenario.deployment.users < scenario.deployment.clients:
+        raise ScenarioError(
+            source,
+            "deployment.users",
+            f"must be at least deployment.clients ({scenario.deployment.clients}): "
+            "every client holds one or more users",
+        )
+    ROLES.get(scenario.role.name).check(scenario, source)
+    return scenario
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    source = str(path)
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ScenarioError(source, "", "no such scenario file") from None
+    except OSError as err:
+        raise ScenarioError(source, "", f"cannot read the file ({err.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ScenarioError(source, where, f"invalid YAML: {problem}") from None
+    if data is None:
+        data = {}
+    for expr in overrides or []:
+        if not isinstance(data, dict):
+            break
+        apply_override(data, expr, source)
+    return validate(data, source)

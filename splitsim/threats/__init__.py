@@ -1,0 +1,1 @@
+"""Threat models: one file per role, each running its phases top to bottom."""

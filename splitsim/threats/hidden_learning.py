@@ -1,0 +1,205 @@
+"""Threat model: a hidden-learning model supplier reads secrets out of an app's scores.
+
+Phases, in the order they run (papers/001, sections 1-2):
+
+1. supplier training: the supplier trains the official network N_o jointly with a secret
+   network N_s per secret (To-and-Ts), and the paper's baselines To-then-Ts and Ts-only;
+2. held-out regimes: Table 1 of the paper for this experiment, on the supplier's test records;
+3. deployment to clients: Flower ships N_o to every data owner (install), each runs it on its
+   users' private records and sends back only scores and region (collect);
+4. secret decoding: the supplier's server runs N_s on what it received;
+5. evaluation: the harness, which alone knows every user's truth, scores the decoding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from splitsim.attacks.hidden_learning import (
+    official_quality,
+    predict_scores,
+    regime_metrics,
+    train_supplier,
+)
+from splitsim.engine.score_deployment import (
+    Received,
+    client_app,
+    official_network,
+    save_received,
+    server_app,
+)
+from splitsim.engine.simulation import simulate
+from splitsim.engine.wire import WireLog
+from splitsim.errors import ScenarioError
+from splitsim.metrics import accuracy, majority_rate
+from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES
+from splitsim.runs import Run
+from splitsim.scenario import Scenario
+
+
+@ROLES.register("hidden_learning")
+class HiddenLearningSupplier:
+    """Malicious model supplier: ships N_o trained with a secret N_s that reads the scores."""
+
+    class Params(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        secrets: list[str] = Field(["cv_risk", "insurer"], min_length=1)
+
+    stages = ("payload", "weights")
+
+    @classmethod
+    def check(cls, scenario: Scenario, source: str) -> None:
+        dataset = DATASETS.get(scenario.dataset.name)
+        known = getattr(dataset, "secret_classes", None)
+        if known is None:
+            raise ScenarioError(
+                source, "dataset.name", f"{scenario.dataset.name!r} has no secret labels for this role"
+            )
+        for i, secret in enumerate(scenario.role.params.secrets):
+            if secret not in known:
+                raise ScenarioError(
+                    source,
+                    f"role.secrets.{i}",
+                    f"unknown secret {secret!r} of {scenario.dataset.name}; allowed: {', '.join(known)}",
+                )
+        for i, spec in enumerate(scenario.defences):
+            stage = DEFENCES.get(spec.name).stage
+            if stage not in cls.stages:
+                allowed = [n for n, d in DEFENCES.items() if d.stage in cls.stages]
+                raise ScenarioError(
+                    source,
+                    f"defences.{i}.name",
+                    f"{spec.name!r} acts on {stage}, which role hidden_learning does not have; "
+                    f"allowed here: {', '.join(allowed)}",
+                )
+
+    @staticmethod
+    def run(scenario: Scenario, run: Run) -> dict:
+        torch.use_deterministic_algorithms(True)
+        secrets = scenario.role.params.secrets
+        dataset_cls = DATASETS.get(scenario.dataset.name)
+        dataset = dataset_cls(scenario.dataset.params, scenario.seed)
+        train, test = dataset.supplier_train(), dataset.supplier_test()
+        input_dim = int(train.x.shape[1])
+        secret_spec = scenario.models.secret
+        t = scenario.training
+
+        # 1. supplier training
+        with run.phase("supplier training", t.epochs * (2 + 2 * len(secrets))) as advance:
+            models = train_supplier(
+                train,
+                dataset_cls.official,
+                secrets,
+                {name: len(dataset_cls.secret_classes[name]) for name in secrets},
+                lambda: official_network(scenario, input_dim).body,
+                lambda n_in, n_out: MODELS.get(secret_spec.name).build(secret_spec.params, n_in, n_out),
+                epochs=t.epochs,
+                batch_size=t.batch_size,
+                lr=t.lr,
+                validation_fraction=t.validation_fraction,
+                seed=scenario.seed,
+                on_epoch=advance,
+            )
+        # 2. held-out regimes (the paper's Table 1 cells)
+        with run.phase("held-out regimes", 1):
+            regimes = regime_metrics(models, test, secrets)
+        torch.save(
+            {
+                "official_hidden": models.hidden.official.state_dict(),
+                "official_honest": models.honest.official.state_dict(),
+                "secret": {k: v.state_dict() for k, v in models.hidden.secrets.items()},
+            },
+            run.folder / "models.pt",
+        )
+
+        # 3. deployment to clients over Flower (install, then collect)
+        clients = scenario.deployment.clients
+        wire = WireLog(run.folder / "wire.jsonl")
+        received = Received()
+        with run.phase("deployment to clients", clients) as install, run.phase(
+            "score collection", clients
+        ) as collect:
+            ticks = {"install": install, "collect": collect}
+            server = server_app(
+                scenario,
+                models.hidden.official.state_dict(),
+                wire,
+                received,
+                lambda phase: ticks[phase](),
+            )
+            try:
+                simulate(server, client_app(scenario, input_dim), clients, scenario.engine)
+            finally:
+                wire.close()
+            if received.error is not None:
+                raise RuntimeError(f"the Flower ServerApp failed: {received.error}") from received.error
+        if received.failures:
+            first = received.failures[0]
+            raise RuntimeError(
+                f"{len(received.failures)} client(s) failed, first: node {first['node']} "
+                f"in {first['phase']}: {str(first['error']).splitlines()[-1]}"
+            )
+        seen = save_received(received, run.folder / "received.npz")
+
+        # 4. secret decoding: the server's view only (scores and side fields)
+        with run.phase("secret decoding", len(secrets)) as advance:
+            side = dataset_cls.side_features(seen)
+            decoded = {}
+            for name in secrets:
+                decoded[name] = models.decode(name, seen["scores"], side)
+                advance()
+
+        # 5. evaluation against the truth only the harness knows
+        with run.phase("evaluation", 1):
+            truth = [dataset.partition(p, clients, scenario.deployment.users) for p in received.partitions]
+            official_truth = np.concatenate([u.official for u in truth])
+            deployed = {
+                "clients": clients,
+                "users": int(len(seen["scores"])),
+                "official": official_quality(seen["scores"], official_truth, dataset_cls.official),
+                "secrets": {},
+                "failures": received.failures,
+            }
+            for name in secrets:
+                y = np.concatenate([u.secrets[name] for u in truth])
+                deployed["secrets"][name] = {
+                    "accuracy": accuracy(decoded[name], y),
+                    "chance": majority_rate(y),
+                }
+        client_records = sorted(
+            {
+                f"{rec['name']}.{key}"
+                for line in _wire_lines(run)
+                if line["sender"] != "server"
+                for rec in line["records"]
+                for key in rec["entries"]
+            }
+        )
+        honest_scores = predict_scores(models.honest.official, test.x)
+        hidden_scores = predict_scores(models.hidden.official, test.x)
+        return {
+            "metrics": {
+                "regimes": regimes,
+                "deployment": deployed,
+                "wire": {
+                    "messages": wire.messages,
+                    "bytes_to_clients": wire.bytes["to_clients"],
+                    "bytes_from_clients": wire.bytes["from_clients"],
+                    "client_records": client_records,
+                },
+            },
+            "plots": {
+                "test_scores": {"honest": honest_scores, "hidden": hidden_scores},
+                "test_secrets": {name: test.secrets[name] for name in secrets},
+                "secret_names": {name: list(dataset_cls.secret_classes[name]) for name in secrets},
+                "official_names": list(dataset_cls.official.names),
+            },
+        }
+
+
+def _wire_lines(run: Run) -> list[dict]:
+    from splitsim.engine.wire import read
+
+    return read(run.folder / "wire.jsonl")
