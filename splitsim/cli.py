@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a field, e.g. --set deployment.clients=1000 --set defences.0.scale=0.5",
     )
-    run.add_argument("--out", default=None, help="folder for runs (default: the scenario's output_dir)")
+    run.add_argument(
+        "--out", default=None, help="folder for runs (default: the scenario's output_dir)"
+    )
     sub.add_parser("list", help="name the roles, defences, datasets and models that exist")
     return parser
 

@@ -31,7 +31,8 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}; allowed: {', '.join(self.names())}")
+            allowed = ", ".join(self.names())
+            raise KeyError(f"unknown {self.kind} {name!r}; allowed: {allowed}") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries

@@ -1,4 +1,4 @@
-"""What a finished run leaves behind: results.json, metrics.csv, report.md, plots, a console table."""
+"""What a finished run leaves behind: results.json, metrics.csv, report.md, plots, a table."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def _pct(value: float | None) -> str:
 def plot_secret_accuracy(metrics: dict, path: Path) -> None:
     secrets = list(metrics["regimes"]["secrets"])
     fig, axes = plt.subplots(1, len(secrets), figsize=(4.2 * len(secrets), 3.6), squeeze=False)
-    for ax, name in zip(axes[0], secrets):
+    for ax, name in zip(axes[0], secrets, strict=True):
         cell = metrics["regimes"]["secrets"][name]
         labels = [label for _, label in REGIMES] + ["deployed\n(Flower)"]
         values = [cell[key] for key, _ in REGIMES] + [
@@ -99,7 +99,9 @@ def console_table(metrics: dict) -> Table:
     for name, cell in metrics["regimes"]["secrets"].items():
         for key, label in REGIMES:
             table.add_row(f"{name}: {label}", _pct(cell[key]))
-        table.add_row(f"{name}: deployed (Flower)", _pct(metrics["deployment"]["secrets"][name]["accuracy"]))
+        table.add_row(
+            f"{name}: deployed (Flower)", _pct(metrics["deployment"]["secrets"][name]["accuracy"])
+        )
         table.add_row(f"{name}: chance", _pct(cell["chance"]))
     table.add_row("records sent by clients", ", ".join(metrics["wire"]["client_records"]))
     return table
@@ -119,18 +121,24 @@ def markdown(scenario_name: str, results: dict) -> str:
     for which in ("hidden", "honest"):
         row = official[which]
         w(f"| {which} N_o | {_pct(row['accuracy'])} |")
-        w("".join(f" {row[k]:.3f} |" if "auc" in k else f" {_pct(row[k])} |" for k in labels) + "\n")
+        w(
+            "".join(f" {row[k]:.3f} |" if "auc" in k else f" {_pct(row[k])} |" for k in labels)
+            + "\n"
+        )
     dep = m["deployment"]["official"]
-    w(f"\nScores as delivered through Flower (after the clients' defences): accuracy {_pct(dep['accuracy'])}.\n\n")
-    w("## Secret tasks\n\n| secret | To-then-Ts | To-and-Ts | Ts-only | deployed (Flower) | chance |\n")
+    w("\nScores as delivered through Flower (after the clients' defences): ")
+    w(f"accuracy {_pct(dep['accuracy'])}.\n\n## Secret tasks\n\n")
+    w("| secret | To-then-Ts | To-and-Ts | Ts-only | deployed (Flower) | chance |\n")
     w("|---|---|---|---|---|---|\n")
     for name, cell in m["regimes"]["secrets"].items():
         deployed = m["deployment"]["secrets"][name]["accuracy"]
-        w(f"| {name} | {_pct(cell['to_then_ts'])} | {_pct(cell['to_and_ts'])} | {_pct(cell['ts_only'])} ")
+        w(f"| {name} | {_pct(cell['to_then_ts'])} | {_pct(cell['to_and_ts'])} ")
+        w(f"| {_pct(cell['ts_only'])} ")
         w(f"| {_pct(deployed)} | {_pct(cell['chance'])} |\n")
     w("\nTo-then-Ts is the black-box attacker on an honest network; To-and-Ts the hidden-learning ")
     w("supplier; Ts-only the upper bound (papers/001, Table 1).\n\n")
-    w("![secret accuracy](secret_accuracy.png)\n\n![score distribution](score_distribution.png)\n\n")
+    w("![secret accuracy](secret_accuracy.png)\n\n")
+    w("![score distribution](score_distribution.png)\n\n")
     wire = m["wire"]
     w("## What crossed the boundary\n\n")
     w(f"{wire['messages']} messages; {wire['bytes_to_clients']} bytes to clients, ")

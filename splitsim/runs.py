@@ -89,7 +89,9 @@ class Run:
             yield advance
         finally:
             self.timings[name] = round(time.perf_counter() - start, 3)
-            self.progress.update(task, completed=total if total is not None else 1, total=total or 1)
+            self.progress.update(
+                task, completed=total if total is not None else 1, total=total or 1
+            )
 
 
 def _stamp() -> str:

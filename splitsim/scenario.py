@@ -134,7 +134,9 @@ def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 def _pydantic_error(
     err: ValidationError, source: str, model: type[BaseModel], prefix: tuple[Any, ...] = ()
 ) -> ScenarioError:
-    first = err.errors()[0]
+    errors = err.errors()
+    # A typo'd key also makes the intended key "missing": name the typo, it is the cause.
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = prefix + tuple(first["loc"])
     field = _dotted(loc)
     if first["type"] == "extra_forbidden":

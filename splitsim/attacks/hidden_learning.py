@@ -153,7 +153,9 @@ def train_regime(
     secret_names = sorted(train.secrets)
     targets = {name: y_s[secret_names.index(name)] for name in secrets}
     best_score, best_epoch = -np.inf, 0
-    best_state = copy.deepcopy((official.state_dict(), {k: v.state_dict() for k, v in secrets.items()}))
+    best_state = copy.deepcopy(
+        (official.state_dict(), {k: v.state_dict() for k, v in secrets.items()})
+    )
     history: list[dict[str, float]] = []
     for epoch in range(1, epochs + 1):
         official.train(not official_frozen)
@@ -169,7 +171,8 @@ def train_regime(
                 probs = torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, 1)
                 features = secret_input(probs, side[idx])
                 secret_loss = sum(
-                    F.cross_entropy(net(features), targets[name][idx]) for name, net in secrets.items()
+                    F.cross_entropy(net(features), targets[name][idx])
+                    for name, net in secrets.items()
                 )
                 loss = loss + secret_loss / len(secrets)
             optimiser.zero_grad(set_to_none=True)
@@ -244,26 +247,54 @@ def train_supplier(
 
     official, s = fresh(0)
     hidden = train_regime(
-        official, secret_nets(secrets), train, val, task,
-        official_loss_on=True, official_frozen=False, seed=s, **common,
+        official,
+        secret_nets(secrets),
+        train,
+        val,
+        task,
+        official_loss_on=True,
+        official_frozen=False,
+        seed=s,
+        **common,
     )
     official, s = fresh(1)
     honest = train_regime(
-        official, {}, train, val, task,
-        official_loss_on=True, official_frozen=False, seed=s, **common,
+        official,
+        {},
+        train,
+        val,
+        task,
+        official_loss_on=True,
+        official_frozen=False,
+        seed=s,
+        **common,
     )
     then_secret: dict[str, nn.Module] = {}
     secret_only: dict[str, Trained] = {}
     for i, name in enumerate(secrets):
         _, s = fresh(10 + i)
         then_secret[name] = train_regime(
-            honest.official, secret_nets([name]), train, val, task,
-            official_loss_on=False, official_frozen=True, seed=s, **common,
+            honest.official,
+            secret_nets([name]),
+            train,
+            val,
+            task,
+            official_loss_on=False,
+            official_frozen=True,
+            seed=s,
+            **common,
         ).secrets[name]
         official, s = fresh(20 + i)
         secret_only[name] = train_regime(
-            official, secret_nets([name]), train, val, task,
-            official_loss_on=False, official_frozen=False, seed=s, **common,
+            official,
+            secret_nets([name]),
+            train,
+            val,
+            task,
+            official_loss_on=False,
+            official_frozen=False,
+            seed=s,
+            **common,
         )
     return SupplierModels(task, hidden, honest, then_secret, secret_only)
 
@@ -286,8 +317,12 @@ def regime_metrics(models: SupplierModels, test: ScoreData, secrets: list[str]) 
         only = models.secret_only[name]
         only_scores = predict_scores(only.official, test.x)
         out["secrets"][name] = {
-            "to_and_ts": accuracy(predict_secret(models.hidden.secrets[name], hidden_scores, test.side), y),
-            "to_then_ts": accuracy(predict_secret(models.then_secret[name], honest_scores, test.side), y),
+            "to_and_ts": accuracy(
+                predict_secret(models.hidden.secrets[name], hidden_scores, test.side), y
+            ),
+            "to_then_ts": accuracy(
+                predict_secret(models.then_secret[name], honest_scores, test.side), y
+            ),
             "ts_only": accuracy(predict_secret(only.secrets[name], only_scores, test.side), y),
             "chance": majority_rate(y),
         }

@@ -150,7 +150,9 @@ def generate(n: int, seed: int | np.random.SeedSequence) -> HealthRecords:
     bmi = np.clip(26.5 + 0.06 * (age - 45) - 2.6 * income + rng.normal(0, 3.0, n), 16, 50)
     bp = 118 + 0.55 * (age - 45) + 0.7 * (bmi - 27) + 3 * smoking + rng.normal(0, 11, n)
     cholesterol = 5.0 + 0.012 * (age - 45) + 0.03 * (bmi - 27) + 0.15 * sex + rng.normal(0, 0.9, n)
-    diabetes = _bernoulli(rng, _sigmoid(-3.0 + 0.04 * (age - 45) + 0.16 * (bmi - 27) - 0.3 * income))
+    diabetes = _bernoulli(
+        rng, _sigmoid(-3.0 + 0.04 * (age - 45) + 0.16 * (bmi - 27) - 0.3 * income)
+    )
     lung = _bernoulli(rng, _sigmoid(-3.3 + 0.03 * (age - 45) + 1.6 * smoking))
     vaccinated = _bernoulli(
         rng, _sigmoid(0.6 + 0.03 * (age - 45) + 0.5 * income + REGION_VACCINATION[region])

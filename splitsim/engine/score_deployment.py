@@ -26,7 +26,12 @@ from flwr.serverapp import Grid, ServerApp
 from splitsim import defences as defence_lib
 from splitsim.attacks.hidden_learning import ScoreNet
 from splitsim.data.score_data import stream
-from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state, state_to_record
+from splitsim.engine.codec import (
+    arrays_to_record,
+    record_to_arrays,
+    record_to_state,
+    state_to_record,
+)
 from splitsim.engine.simulation import exchange, wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
@@ -75,7 +80,9 @@ def client_app(scenario: Scenario, input_dim: int) -> ClientApp:
         if phase == "install":
             rng = np.random.default_rng(stream(scenario.seed, _WEIGHT_NOISE, pid))
             weights = record_to_arrays(msg.content["official_model"])
-            weights = {k: defence_lib.apply_stage(chosen, "weights", w, rng) for k, w in weights.items()}
+            weights = {
+                k: defence_lib.apply_stage(chosen, "weights", w, rng) for k, w in weights.items()
+            }
             context.state["official_model"] = arrays_to_record(weights)
             return Message(RecordDict({"ack": ConfigRecord({"installed": True})}), reply_to=msg)
         if phase != "collect":
@@ -109,22 +116,34 @@ def server_app(
     allowed = {"scores", *DATASETS.get(scenario.dataset.name).side_fields}
     batch = scenario.engine.messages_per_batch
 
-    def send(grid: Grid, ids: list[int], phase: str, rnd: int, handle: Callable[[Message], None]) -> None:
+    def send(
+        grid: Grid, ids: list[int], phase: str, rnd: int, handle: Callable[[Message], None]
+    ) -> None:
         messages = []
         for node in ids:
             content = RecordDict({"config": ConfigRecord({"phase": phase})})
             if phase == "install":
                 content["official_model"] = state_to_record(official_state)
             msg = Message(content, dst_node_id=node, message_type="query")
-            wire.log(round=rnd, phase=phase, sender="server", receiver=f"node:{node}", content=content)
+            wire.log(
+                round=rnd, phase=phase, sender="server", receiver=f"node:{node}", content=content
+            )
             messages.append(msg)
 
         def logged(reply: Message) -> None:
             node = reply.metadata.src_node_id
             if reply.has_error():
-                received.failures.append({"node": node, "phase": phase, "error": reply.error.reason})
+                received.failures.append(
+                    {"node": node, "phase": phase, "error": reply.error.reason}
+                )
             else:
-                wire.log(round=rnd, phase=phase, sender=f"node:{node}", receiver="server", content=reply.content)
+                wire.log(
+                    round=rnd,
+                    phase=phase,
+                    sender=f"node:{node}",
+                    receiver="server",
+                    content=reply.content,
+                )
                 handle(reply)
             on_reply(phase)
 
@@ -134,7 +153,9 @@ def server_app(
         extra = set(reply.content.keys()) - {"payload", "meta"}
         arrays = record_to_arrays(reply.content["payload"])
         if extra or set(arrays) - allowed:
-            raise RuntimeError(f"a client sent more than its declared payload: {sorted(extra | set(arrays))}")
+            raise RuntimeError(
+                f"a client sent more than its declared payload: {sorted(extra | set(arrays))}"
+            )
         received.payload[int(reply.content["meta"]["partition"])] = arrays
 
     @app.main()

@@ -45,7 +45,9 @@ class WireLog:
         self.messages = 0
         self.bytes = {"to_clients": 0, "from_clients": 0}
 
-    def log(self, *, round: int, phase: str, sender: str, receiver: str, content: RecordDict) -> int:
+    def log(
+        self, *, round: int, phase: str, sender: str, receiver: str, content: RecordDict
+    ) -> int:
         records, size = describe(content)
         line = {
             "round": round,

@@ -55,14 +55,17 @@ class HiddenLearningSupplier:
         known = getattr(dataset, "secret_classes", None)
         if known is None:
             raise ScenarioError(
-                source, "dataset.name", f"{scenario.dataset.name!r} has no secret labels for this role"
+                source,
+                "dataset.name",
+                f"{scenario.dataset.name!r} has no secret labels for this role",
             )
         for i, secret in enumerate(scenario.role.params.secrets):
             if secret not in known:
                 raise ScenarioError(
                     source,
                     f"role.secrets.{i}",
-                    f"unknown secret {secret!r} of {scenario.dataset.name}; allowed: {', '.join(known)}",
+                    f"unknown secret {secret!r} of {scenario.dataset.name}; "
+                    f"allowed: {', '.join(known)}",
                 )
         for i, spec in enumerate(scenario.defences):
             stage = DEFENCES.get(spec.name).stage
@@ -94,7 +97,9 @@ class HiddenLearningSupplier:
                 secrets,
                 {name: len(dataset_cls.secret_classes[name]) for name in secrets},
                 lambda: official_network(scenario, input_dim).body,
-                lambda n_in, n_out: MODELS.get(secret_spec.name).build(secret_spec.params, n_in, n_out),
+                lambda n_in, n_out: MODELS.get(secret_spec.name).build(
+                    secret_spec.params, n_in, n_out
+                ),
                 epochs=t.epochs,
                 batch_size=t.batch_size,
                 lr=t.lr,
@@ -118,9 +123,10 @@ class HiddenLearningSupplier:
         clients = scenario.deployment.clients
         wire = WireLog(run.folder / "wire.jsonl")
         received = Received()
-        with run.phase("deployment to clients", clients) as install, run.phase(
-            "score collection", clients
-        ) as collect:
+        with (
+            run.phase("deployment to clients", clients) as install,
+            run.phase("score collection", clients) as collect,
+        ):
             ticks = {"install": install, "collect": collect}
             server = server_app(
                 scenario,
@@ -134,7 +140,9 @@ class HiddenLearningSupplier:
             finally:
                 wire.close()
             if received.error is not None:
-                raise RuntimeError(f"the Flower ServerApp failed: {received.error}") from received.error
+                raise RuntimeError(
+                    f"the Flower ServerApp failed: {received.error}"
+                ) from received.error
         if received.failures:
             first = received.failures[0]
             raise RuntimeError(
@@ -153,7 +161,10 @@ class HiddenLearningSupplier:
 
         # 5. evaluation against the truth only the harness knows
         with run.phase("evaluation", 1):
-            truth = [dataset.partition(p, clients, scenario.deployment.users) for p in received.partitions]
+            truth = [
+                dataset.partition(p, clients, scenario.deployment.users)
+                for p in received.partitions
+            ]
             official_truth = np.concatenate([u.official for u in truth])
             deployed = {
                 "clients": clients,
