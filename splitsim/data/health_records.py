@@ -147,7 +147,7 @@ def generate(n: int, seed: int | np.random.SeedSequence) -> HealthRecords:
     income = REGION_INCOME[region] - 0.5 * retired + rng.normal(0.0, 0.8, n)
 
     smoking = _bernoulli(rng, _sigmoid(-1.1 - 1.3 * income + 0.4 * sex - 0.015 * (age - 45)))
-    bmi = np.clip(26.5 + 0.06 * (age - 45) - 2.6 * income + rng.normal(0, 3.0, n), 16, 50)
+    bmi = np.clip(26.5 + 0.06 * (age - 45) - 3.4 * income + rng.normal(0, 2.5, n), 16, 50)
     bp = 118 + 0.55 * (age - 45) + 0.7 * (bmi - 27) + 3 * smoking + rng.normal(0, 11, n)
     cholesterol = 5.0 + 0.012 * (age - 45) + 0.03 * (bmi - 27) + 0.15 * sex + rng.normal(0, 0.9, n)
     diabetes = _bernoulli(
@@ -181,14 +181,14 @@ def generate(n: int, seed: int | np.random.SeedSequence) -> HealthRecords:
 
     utility = REGION_INSURER[region] + np.stack(
         [
-            1.6 * retired - 0.9 * income,  # public
+            0.8 * retired - 1.3 * income,  # public
             0.4 + 0.2 * income,  # mutual
-            1.8 * income - 0.6 * retired,  # premium
-            -0.9 * income + 0.8 * (age < 35),  # budget
+            2.2 * income - 0.3 * retired,  # premium
+            -1.1 * income + 0.4 * (age < 35),  # budget
         ],
         axis=1,
     )
-    insurer = np.argmax(utility + rng.gumbel(0.0, 0.35, utility.shape), axis=1)
+    insurer = np.argmax(utility + rng.gumbel(0.0, 0.2, utility.shape), axis=1)
 
     raw = {
         "age": age,
