@@ -7,8 +7,11 @@ Two phases, each one message per node and one reply:
   (a node's messages may be served by different Ray actors, so no module-level cache).
 - ``collect``: each ClientApp runs its copy on its users' private inputs, applies its
   ``payload``-stage defences to the scores, and replies with the scores and the declared side
-  fields only. The ServerApp refuses any other record, logs every message to ``wire.jsonl`` and
-  writes what it received to ``received.npz``: all the malicious server will ever see.
+  fields only, plus its partition number (the same information as its Flower node id, which
+  the server has anyway; the harness needs it to line up each user's ground truth).
+
+The ServerApp refuses any other record, logs every message to ``wire.jsonl`` and writes what it
+received to ``received.npz``: all the malicious server will ever see.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def client_app(scenario: Scenario, input_dim: int) -> ClientApp:
                 k: defence_lib.apply_stage(chosen, "weights", w, rng) for k, w in weights.items()
             }
             context.state["official_model"] = arrays_to_record(weights)
-            return Message(RecordDict({"ack": ConfigRecord({"installed": True})}), reply_to=msg)
+            return Message(RecordDict(), reply_to=msg)  # an empty reply says "installed"
         if phase != "collect":
             raise ValueError(f"unknown phase {phase!r}")
         dataset = dataset_cls(scenario.dataset.params, scenario.seed)

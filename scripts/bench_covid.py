@@ -1,0 +1,91 @@
+"""Benchmark: the Covid-app scenario end to end against its 5-minute budget on 2 CPU cores.
+
+    python scripts/bench_covid.py                          # the shipped scenario
+    python scripts/bench_covid.py --set deployment.clients=1000
+
+Prints wall time per phase, the ratio to the budget, and for the Flower phases the cost per
+client message against running the same official network on the same users in one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from splitsim.cli import main as splitsim_main
+from splitsim.data.score_data import partition_sizes
+from splitsim.engine.score_deployment import official_network
+from splitsim.registry import DATASETS
+from splitsim.scenario import load_scenario
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 300.0
+
+
+def plain_inference_s(scenario) -> float:
+    """The deployment's computation without Flower: every partition through the network."""
+    dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed)
+    sizes = partition_sizes(scenario.deployment.users, scenario.deployment.clients)
+    start = time.perf_counter()
+    net = None
+    for pid in range(len(sizes)):
+        users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
+        if net is None:
+            net = official_network(scenario, users.x.shape[1]).eval()
+        with torch.no_grad():
+            net.scores(torch.as_tensor(users.x))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scenario", default=str(ROOT / "scenarios" / "hidden_covid_app.yaml"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args()
+    scenario = load_scenario(args.scenario, args.overrides)
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        overrides = [x for o in args.overrides for x in ("--set", o)]
+        code = splitsim_main(["run", args.scenario, *overrides, "--out", out])
+        wall = time.perf_counter() - start
+        if code != 0:
+            raise SystemExit(code)
+        (results_path,) = Path(out).rglob("results.json")
+        results = json.loads(results_path.read_text())
+    timing = results["timing_s"]
+    wire = results["metrics"]["wire"]
+    flower_s = timing["deployment to clients"]
+    plain_s = plain_inference_s(scenario)
+    clients = scenario.deployment.clients
+    print(
+        f"\nclients {clients}, users {scenario.deployment.users}, epochs {scenario.training.epochs}"
+    )
+    for phase, seconds in timing.items():
+        print(f"  {phase:<24} {seconds:8.1f} s")
+    print(f"  {'wall (incl. imports)':<24} {wall:8.1f} s")
+    print(f"ratio wall / 5-minute budget:           {wall / BUDGET_S:6.2f}")
+    print(f"Flower messages:                        {wire['messages']}")
+    print(f"Flower phases per client message:       {1000 * flower_s / wire['messages']:6.1f} ms")
+    print(f"ratio Flower phases / plain inference:  {flower_s / max(plain_s, 1e-9):6.0f}")
+    print(
+        f"bytes/s over the wire:                  "
+        f"{(wire['bytes_to_clients'] + wire['bytes_from_clients']) / flower_s:,.0f}"
+    )
+    print(f"peak RSS (MiB):                         {_peak_rss_mib():.0f}")
+
+
+def _peak_rss_mib() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
