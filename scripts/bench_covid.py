@@ -60,7 +60,7 @@ def main() -> None:
         results = json.loads(results_path.read_text())
     timing = results["timing_s"]
     wire = results["metrics"]["wire"]
-    flower_s = timing["deployment to clients"]
+    flower_s = timing["flower simulation"]
     plain_s = plain_inference_s(scenario)
     clients = scenario.deployment.clients
     print(

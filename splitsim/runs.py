@@ -77,8 +77,9 @@ class Run:
     timings: dict[str, float] = field(default_factory=dict)
 
     @contextmanager
-    def phase(self, name: str, total: int | None) -> Iterator[Any]:
-        """A progress bar for one phase; yields ``advance(n=1)``; records the phase's time."""
+    def phase(self, name: str, total: int | None, timed: bool = True) -> Iterator[Any]:
+        """A progress bar for one phase; yields ``advance(n=1)``; records the phase's time
+        unless ``timed`` is false (bars that run side by side are timed by their caller)."""
         task = self.progress.add_task(name, total=total)
         start = time.perf_counter()
 
@@ -88,7 +89,8 @@ class Run:
         try:
             yield advance
         finally:
-            self.timings[name] = round(time.perf_counter() - start, 3)
+            if timed:
+                self.timings[name] = round(time.perf_counter() - start, 3)
             self.progress.update(
                 task, completed=total if total is not None else 1, total=total or 1
             )

@@ -13,6 +13,8 @@ Phases, in the order they run (papers/001, sections 1-2):
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -123,9 +125,10 @@ class HiddenLearningSupplier:
         clients = scenario.deployment.clients
         wire = WireLog(run.folder / "wire.jsonl")
         received = Received()
+        started = time.perf_counter()
         with (
-            run.phase("deployment to clients", clients) as install,
-            run.phase("score collection", clients) as collect,
+            run.phase("deployment to clients", clients, timed=False) as install,
+            run.phase("score collection", clients, timed=False) as collect,
         ):
             ticks = {"install": install, "collect": collect}
             server = server_app(
@@ -139,6 +142,7 @@ class HiddenLearningSupplier:
                 simulate(server, client_app(scenario, input_dim), clients, scenario.engine)
             finally:
                 wire.close()
+            run.timings["flower simulation"] = round(time.perf_counter() - started, 3)
             if received.error is not None:
                 raise RuntimeError(
                     f"the Flower ServerApp failed: {received.error}"
