@@ -30,6 +30,9 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default=None, help="folder for runs (default: the scenario's output_dir)"
     )
     sub.add_parser("list", help="name the roles, defences, datasets and models that exist")
+    fetch = sub.add_parser("fetch", help="install real datasets offline (idempotent)")
+    fetch.add_argument("names", nargs="+", choices=["fashion_mnist", "mnist"])
+    fetch.add_argument("--root", default="data", help="dataset root (default: data)")
     return parser
 
 
@@ -63,6 +66,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "role": scenario.role.name,
             "seed": scenario.seed,
             "defences": [spec.model_dump() for spec in scenario.defences],
+            "tasks": scenario.tasks.model_dump() if scenario.tasks else None,
             "metrics": outcome["metrics"],
             "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
             "versions": versions(),
@@ -79,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "list":
             return cmd_list(console)
+        if args.command == "fetch":
+            from splitsim.data.fetch import fetch
+
+            for name in args.names:
+                console.print(f"{name}: {fetch(args.root, name)}")
+            return EXIT_OK
         return cmd_run(args, console)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)

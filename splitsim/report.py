@@ -62,27 +62,52 @@ def plot_score_distribution(plots: dict, path: Path, max_points: int = 2500) -> 
     """Scores of held-out users, honest vs hidden N_o, coloured by secret class."""
     secrets = list(plots["test_secrets"])
     names = plots["official_names"]
-    fig, axes = plt.subplots(
-        len(secrets), 2, figsize=(9, 4 * len(secrets)), squeeze=False, sharex=True, sharey=True
-    )
+    fig, axes = plt.subplots(len(secrets), 2, figsize=(9, 4 * len(secrets)), squeeze=False)
     rng = np.random.default_rng(0)
     n = len(next(iter(plots["test_secrets"].values())))
     keep = rng.permutation(n)[:max_points]
+    two_scores = plots["test_scores"]["honest"].shape[1] == 2
+    if not two_scores:  # more than two scores: a 2-D PCA of the score vectors
+        from sklearn.decomposition import PCA
+
+        names = ["PCA 1 of the scores", "PCA 2 of the scores"]
     for row, secret in enumerate(secrets):
         labels = plots["test_secrets"][secret][keep]
         for col, which in enumerate(("honest", "hidden")):
             ax = axes[row][col]
             scores = plots["test_scores"][which][keep]
+            if not two_scores:
+                scores = PCA(2, random_state=0).fit_transform(scores)
             for k, cls in enumerate(plots["secret_names"][secret]):
                 mask = labels == k
                 ax.scatter(scores[mask, 0], scores[mask, 1], s=4, alpha=0.5, label=cls)
             ax.set_title(f"{which} N_o, coloured by {secret}")
-            ax.set_xlabel(f"score: {names[0]}")
-            ax.set_ylabel(f"score: {names[1] if len(names) > 1 else names[0]}")
+            ax.set_xlabel(names[0] if not two_scores else f"score: {names[0]}")
+            ax.set_ylabel(names[1] if not two_scores else f"score: {names[1]}")
             ax.legend(markerscale=3, fontsize=8, loc="upper right")
     fig.suptitle("Held-out users' scores: the hidden network sorts them by the secret")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_robustness(robustness: dict, path: Path) -> None:
+    """The paper's Table 2 as a picture: accuracy against weight-noise sigma, with spread."""
+    fig, axes = plt.subplots(
+        1, len(robustness), figsize=(4.5 * len(robustness), 3.6), squeeze=False
+    )
+    for ax, (name, rows) in zip(axes[0], robustness.items(), strict=True):
+        sigma = [r["sigma"] for r in rows]
+        for key, label in (("official", "official N_o"), ("secret", f"secret N_s ({name})")):
+            mean = np.array([100 * r[f"{key}_mean"] for r in rows])
+            std = np.array([100 * r[f"{key}_std"] for r in rows])
+            ax.errorbar(sigma, mean, yerr=std, marker="o", capsize=3, label=label)
+        ax.set_xlabel("sigma of the noise on every weight of N_o")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8)
+    fig.suptitle("Weight-noise robustness of the hidden network (papers/001, Table 2)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -113,6 +138,8 @@ def markdown(scenario_name: str, results: dict) -> str:
     out = io.StringIO()
     w = out.write
     w(f"# {scenario_name}: hidden learning\n\n")
+    if results.get("tasks"):
+        w(f"Tasks: official {results['tasks']['official']}, secret {results['tasks']['secret']}. ")
     w(f"Seed {results['seed']}; {m['deployment']['users']} users on {m['deployment']['clients']} ")
     w(f"Flower clients; defences: {results['defences'] or 'none'}.\n\n")
     w("## Official task (held-out users)\n\n| network | accuracy |")
@@ -139,6 +166,15 @@ def markdown(scenario_name: str, results: dict) -> str:
     w("supplier; Ts-only the upper bound (papers/001, Table 1).\n\n")
     w("![secret accuracy](secret_accuracy.png)\n\n")
     w("![score distribution](score_distribution.png)\n\n")
+    if m.get("robustness"):
+        w("## Weight-noise robustness (papers/001, Table 2)\n\n")
+        w("| secret | sigma | official (mean ± std) | secret (mean ± std) |\n|---|---|---|---|\n")
+        for name, rows in m["robustness"].items():
+            for r in rows:
+                w(f"| {name} | {r['sigma']:g} | {_pct(r['official_mean'])} ")
+                w(f"± {100 * r['official_std']:.1f} ")
+                w(f"| {_pct(r['secret_mean'])} ± {100 * r['secret_std']:.1f} |\n")
+        w("\n![robustness](robustness.png)\n\n")
     wire = m["wire"]
     w("## What crossed the boundary\n\n")
     w(f"{wire['messages']} messages; {wire['bytes_to_clients']} bytes to clients, ")
@@ -156,4 +192,6 @@ def write(folder: Path, scenario_name: str, results: dict, plots: dict) -> None:
     write_atomic(folder / "metrics.csv", buffer.getvalue())
     plot_secret_accuracy(results["metrics"], folder / "secret_accuracy.png")
     plot_score_distribution(plots, folder / "score_distribution.png")
+    if results["metrics"].get("robustness"):
+        plot_robustness(results["metrics"]["robustness"], folder / "robustness.png")
     write_atomic(folder / "report.md", markdown(scenario_name, results))

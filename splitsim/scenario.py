@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from splitsim.errors import ScenarioError
 from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES, Registry
@@ -60,12 +60,28 @@ class Engine(Strict):
     messages_per_batch: int = Field(100, ge=1, description="messages per send_and_receive call")
 
 
+class Tasks(Strict):
+    """Official and secret task of an image dataset (papers/001: C2, C5, C10, Fn, Ln)."""
+
+    official: str
+    secret: str
+    reweight: Literal["named", "extra", "none"] = "named"
+
+    @field_validator("official", "secret")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        from splitsim.data.tasks import check
+
+        return check(name)
+
+
 class Scenario(Strict):
     name: str = ""
     description: str = ""
     seed: int = Field(0, ge=0)
     dataset: Plugin
     role: Plugin
+    tasks: Tasks | None = None
     models: Models = Models()
     training: Training = Training()
     deployment: Deployment = Deployment()
@@ -144,9 +160,10 @@ def _pydantic_error(
         return ScenarioError(source, field, f"unknown field; allowed: {', '.join(allowed)}")
     if first["type"] == "missing":
         return ScenarioError(source, field, "required field is missing")
+    message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
-    return ScenarioError(source, field, f"{first['msg']} (got {shown})")
+    return ScenarioError(source, field, f"{message} (got {shown})")
 
 
 def _bind(plugin: Plugin, registry: Registry, loc: tuple[Any, ...], source: str) -> None:
@@ -190,6 +207,16 @@ def validate(data: Any, source: str) -> Scenario:
     _bind(scenario.models.secret, MODELS, ("models", "secret"), source)
     for i, defence in enumerate(scenario.defences):
         _bind(defence, DEFENCES, ("defences", i), source)
+    try:
+        dataset_spec(scenario)
+    except ValueError as err:
+        field, message = err.args
+        raise ScenarioError(source, field, message) from None
+    dataset_cls = DATASETS.get(scenario.dataset.name)
+    if hasattr(dataset_cls, "check_available"):
+        problem = dataset_cls.check_available(scenario.dataset.params)
+        if problem:
+            raise ScenarioError(source, problem[0], problem[1])
     if scenario.deployment.users < scenario.deployment.clients:
         raise ScenarioError(
             source,
@@ -223,3 +250,8 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
             break
         apply_override(data, expr, source)
     return validate(data, source)
+
+
+def dataset_spec(scenario: Scenario) -> Any:
+    """The dataset's official task, secrets and side fields under this scenario's tasks."""
+    return DATASETS.get(scenario.dataset.name).spec(scenario.dataset.params, scenario.tasks)

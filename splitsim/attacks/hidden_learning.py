@@ -53,10 +53,19 @@ class ScoreNet(nn.Module):
         return torch.sigmoid(logits) if self.kind == "multilabel" else F.softmax(logits, dim=1)
 
 
-def official_loss(logits: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+def official_loss(
+    logits: torch.Tensor, y: torch.Tensor, kind: str, weight: torch.Tensor
+) -> torch.Tensor:
+    """Per-input loss times its weight (1, or the paper's Fn/Ln re-weighting), averaged."""
     if kind == "multilabel":
-        return F.binary_cross_entropy_with_logits(logits, y.float())
-    return F.cross_entropy(logits, y)
+        per_input = F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").mean(1)
+    else:
+        per_input = F.cross_entropy(logits, y, reduction="none")
+    return (per_input * weight).mean()
+
+
+def _device_of(net: nn.Module) -> torch.device:
+    return next(net.parameters()).device
 
 
 def official_predictions(scores: np.ndarray, kind: str) -> np.ndarray:
@@ -88,28 +97,22 @@ class Trained:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def _tensors(data: ScoreData) -> tuple[torch.Tensor, ...]:
-    secrets = [torch.as_tensor(data.secrets[k]) for k in sorted(data.secrets)]
-    return (
-        torch.as_tensor(data.x),
-        torch.as_tensor(data.side),
-        torch.as_tensor(data.official),
-        *secrets,
-    )
-
-
 @torch.no_grad()
 def predict_scores(net: ScoreNet, x: np.ndarray, batch: int = 4096) -> np.ndarray:
     net.eval()
-    parts = [net.scores(torch.as_tensor(x[i : i + batch])) for i in range(0, len(x), batch)]
+    dev = _device_of(net)
+    parts = [
+        net.scores(torch.as_tensor(x[i : i + batch]).to(dev)).cpu() for i in range(0, len(x), batch)
+    ]
     return torch.cat(parts).numpy()
 
 
 @torch.no_grad()
 def predict_secret(net: nn.Module, scores: np.ndarray, side: np.ndarray) -> np.ndarray:
     net.eval()
-    logits = net(secret_input(torch.as_tensor(scores), torch.as_tensor(side)))
-    return logits.argmax(dim=1).numpy()
+    dev = _device_of(net)
+    features = secret_input(torch.as_tensor(scores), torch.as_tensor(side)).to(dev)
+    return net(features).argmax(dim=1).cpu().numpy()
 
 
 def _evaluate(
@@ -145,13 +148,17 @@ def train_regime(
     between official and secret stays the paper's one to one.
     """
     generator = torch.Generator().manual_seed(seed)
+    dev = _device_of(official)
     params = [p for net in secrets.values() for p in net.parameters()]
     if not official_frozen:
         params += list(official.parameters())
     optimiser = torch.optim.Adam(params, lr=lr)
-    x, side, y_o, *y_s = _tensors(train)
-    secret_names = sorted(train.secrets)
-    targets = {name: y_s[secret_names.index(name)] for name in secrets}
+    x = torch.as_tensor(train.x).to(dev)
+    side = torch.as_tensor(train.side).to(dev)
+    y_o = torch.as_tensor(train.official).to(dev)
+    w_o = torch.as_tensor(train.weight("official")).to(dev)
+    targets = {name: torch.as_tensor(train.secrets[name]).to(dev) for name in secrets}
+    weights = {name: torch.as_tensor(train.weight(name)).to(dev) for name in secrets}
     best_score, best_epoch = -np.inf, 0
     best_state = copy.deepcopy(
         (official.state_dict(), {k: v.state_dict() for k, v in secrets.items()})
@@ -161,17 +168,19 @@ def train_regime(
         official.train(not official_frozen)
         for net in secrets.values():
             net.train()
-        order = torch.randperm(len(x), generator=generator)
+        order = torch.randperm(len(x), generator=generator).to(dev)
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
             with torch.set_grad_enabled(not official_frozen):
                 logits = official(x[idx])
-            loss = official_loss(logits, y_o[idx], task.kind) if official_loss_on else 0.0
+            loss = official_loss(logits, y_o[idx], task.kind, w_o[idx]) if official_loss_on else 0.0
             if secrets:
                 probs = torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, 1)
                 features = secret_input(probs, side[idx])
                 secret_loss = sum(
-                    F.cross_entropy(net(features), targets[name][idx])
+                    official_loss(
+                        net(features), targets[name][idx], "multiclass", weights[name][idx]
+                    )
                     for name, net in secrets.items()
                 )
                 loss = loss + secret_loss / len(secrets)
@@ -231,6 +240,7 @@ def train_supplier(
     validation_fraction: float,
     seed: int,
     on_epoch: Progress,
+    device: str | torch.device = "cpu",
 ) -> SupplierModels:
     """Train the three regimes of the paper's Table 1 on the supplier's data."""
     train, val = split_validation(train_all, validation_fraction, seed)
@@ -240,10 +250,10 @@ def train_supplier(
     def fresh(salt: int) -> tuple[ScoreNet, int]:
         run_seed = int(stream(seed, 20, salt).generate_state(1)[0])
         torch.manual_seed(run_seed)
-        return ScoreNet(build_official(), task), run_seed
+        return ScoreNet(build_official(), task).to(device), run_seed
 
     def secret_nets(names: list[str]) -> dict[str, nn.Module]:
-        return {name: build_secret(in_secret, secret_classes[name]) for name in names}
+        return {name: build_secret(in_secret, secret_classes[name]).to(device) for name in names}
 
     official, s = fresh(0)
     hidden = train_regime(
@@ -327,3 +337,43 @@ def regime_metrics(models: SupplierModels, test: ScoreData, secrets: list[str]) 
             "chance": majority_rate(y),
         }
     return out
+
+
+def weight_noise_robustness(
+    models: SupplierModels,
+    test: ScoreData,
+    secret: str,
+    sigmas: list[float],
+    injections: int,
+    seed: int,
+) -> list[dict[str, float]]:
+    """The paper's Table 2: N(0, sigma^2) on every weight of the hidden N_o, N_s unchanged;
+    official and secret test accuracy averaged over ``injections`` draws, with their spread."""
+    net, rows = models.hidden.official, []
+    original = copy.deepcopy(net.state_dict())
+    for i, sigma in enumerate(sigmas):
+        official_acc, secret_acc = [], []
+        for j in range(injections):
+            gen = torch.Generator().manual_seed(int(stream(seed, 60, i, j).generate_state(1)[0]))
+            net.load_state_dict(
+                {
+                    k: v + sigma * torch.randn(v.shape, generator=gen).to(v.device)
+                    for k, v in original.items()
+                }
+            )
+            scores = predict_scores(net, test.x)
+            official_acc.append(official_quality(scores, test.official, models.task)["accuracy"])
+            decoded = predict_secret(models.hidden.secrets[secret], scores, test.side)
+            secret_acc.append(accuracy(decoded, test.secrets[secret]))
+        spread = (lambda v: float(np.std(v, ddof=1))) if injections > 1 else (lambda v: 0.0)
+        rows.append(
+            {
+                "sigma": float(sigma),
+                "official_mean": float(np.mean(official_acc)),
+                "official_std": spread(official_acc),
+                "secret_mean": float(np.mean(secret_acc)),
+                "secret_std": spread(secret_acc),
+            }
+        )
+    net.load_state_dict(original)
+    return rows

@@ -1,3 +1,3 @@
-"""Datasets: the Covid app's synthetic health records (more to come: MNIST, Fashion-MNIST)."""
+"""Datasets: the Covid app's synthetic health records; Fashion-MNIST and CIFAR-10 images."""
 
-from splitsim.data import health_records  # noqa: F401
+from splitsim.data import health_records, images  # noqa: F401

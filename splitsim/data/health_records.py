@@ -39,7 +39,13 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitsim.data.score_data import OfficialTask, ScoreData, partition_sizes, stream
+from splitsim.data.score_data import (
+    DatasetSpec,
+    OfficialTask,
+    ScoreData,
+    partition_sizes,
+    stream,
+)
 from splitsim.registry import DATASETS
 
 REGIONS = 8
@@ -218,7 +224,7 @@ _TRAIN, _TEST, _DEPLOY = 1, 2, 3
 def to_score_data(records: HealthRecords) -> ScoreData:
     return ScoreData(
         x=records.features(),
-        side=CovidHealthRecords.side_features({"region": records.region}),
+        side=CovidHealthRecords.side_features({"region": records.region}, len(records)),
         side_raw={"region": records.region},
         official=records.official,
         secrets=dict(records.secrets),
@@ -234,18 +240,31 @@ class CovidHealthRecords:
         train_records: int = Field(20000, ge=100, description="the supplier's training records")
         test_records: int = Field(5000, ge=100, description="held-out records for the regimes")
 
-    official = OfficialTask(kind="multilabel", names=OFFICIAL_TASKS)
-    secret_classes = SECRET_CLASSES
-    side_fields = ("region",)
+    fixed = DatasetSpec(
+        official=OfficialTask(kind="multilabel", names=OFFICIAL_TASKS),
+        secret_classes=SECRET_CLASSES,
+        side_fields=("region",),
+    )
+
+    @classmethod
+    def spec(cls, params: Params, tasks: object | None) -> DatasetSpec:
+        if tasks is not None:
+            raise ValueError(
+                "tasks",
+                "covid_health_records has fixed tasks (official: severe, infected; "
+                "secrets: cv_risk, insurer); remove this section",
+            )
+        return cls.fixed
 
     @staticmethod
-    def side_features(side_raw: dict[str, np.ndarray]) -> np.ndarray:
+    def side_features(side_raw: dict[str, np.ndarray], n: int) -> np.ndarray:
         """The secret network's view of the side fields, built from what crossed the wire."""
         return region_one_hot(side_raw["region"])
 
-    def __init__(self, params: Params, seed: int) -> None:
+    def __init__(self, params: Params, seed: int, tasks: object | None = None) -> None:
         self.params = params
         self.seed = seed
+        self.spec = self.fixed
 
     def supplier_train(self) -> ScoreData:
         return to_score_data(generate(self.params.train_records, stream(self.seed, _TRAIN)))

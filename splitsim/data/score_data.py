@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -21,6 +21,15 @@ class OfficialTask:
 
 
 @dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset offers a score-leakage threat model, known before any data is loaded."""
+
+    official: OfficialTask
+    secret_classes: dict[str, tuple[str, ...]]
+    side_fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class ScoreData:
     """A set of data owners' inputs with every label.
 
@@ -33,6 +42,8 @@ class ScoreData:
     side_raw: dict[str, np.ndarray]
     official: np.ndarray  # (n, k) int for multilabel, (n,) int for multiclass
     secrets: dict[str, np.ndarray]  # name -> (n,) int class index
+    # Per-input loss weights, "official" and per secret; missing means 1 (papers/001 Fn/Ln).
+    weights: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
@@ -44,7 +55,11 @@ class ScoreData:
             side_raw={k: v[index] for k, v in self.side_raw.items()},
             official=self.official[index],
             secrets={k: v[index] for k, v in self.secrets.items()},
+            weights={k: v[index] for k, v in self.weights.items()},
         )
+
+    def weight(self, name: str) -> np.ndarray:
+        return self.weights.get(name, np.ones(len(self), dtype=np.float32))
 
 
 def partition_sizes(users: int, clients: int) -> list[int]:

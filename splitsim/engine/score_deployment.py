@@ -38,7 +38,7 @@ from splitsim.engine.codec import (
 from splitsim.engine.simulation import exchange, wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
-from splitsim.scenario import Scenario
+from splitsim.scenario import Scenario, dataset_spec
 
 # Random-stream purposes on the client side.
 _WEIGHT_NOISE, _PAYLOAD_NOISE = 40, 41
@@ -63,17 +63,17 @@ class Received:
         return out
 
 
-def official_network(scenario: Scenario, input_dim: int) -> ScoreNet:
-    dataset = DATASETS.get(scenario.dataset.name)
-    spec = scenario.models.official
-    body = MODELS.get(spec.name).build(spec.params, input_dim, dataset.official.outputs)
-    return ScoreNet(body, dataset.official)
+def official_network(scenario: Scenario, input_shape: tuple[int, ...]) -> ScoreNet:
+    task = dataset_spec(scenario).official
+    model = scenario.models.official
+    body = MODELS.get(model.name).build(model.params, input_shape, task.outputs)
+    return ScoreNet(body, task)
 
 
-def client_app(scenario: Scenario, input_dim: int) -> ClientApp:
+def client_app(scenario: Scenario, input_shape: tuple[int, ...]) -> ClientApp:
     app = ClientApp()
     dataset_cls = DATASETS.get(scenario.dataset.name)
-    side_fields = dataset_cls.side_fields
+    side_fields = dataset_spec(scenario).side_fields
 
     @app.query()
     def handle(msg: Message, context: Context) -> Message:
@@ -90,9 +90,9 @@ def client_app(scenario: Scenario, input_dim: int) -> ClientApp:
             return Message(RecordDict(), reply_to=msg)  # an empty reply says "installed"
         if phase != "collect":
             raise ValueError(f"unknown phase {phase!r}")
-        dataset = dataset_cls(scenario.dataset.params, scenario.seed)
+        dataset = dataset_cls(scenario.dataset.params, scenario.seed, scenario.tasks)
         users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
-        net = official_network(scenario, input_dim)
+        net = official_network(scenario, input_shape)
         net.load_state_dict(record_to_state(context.state["official_model"]))
         net.eval()
         with torch.no_grad():
@@ -116,7 +116,7 @@ def server_app(
     on_reply: Callable[[str], None],
 ) -> ServerApp:
     app = ServerApp()
-    allowed = {"scores", *DATASETS.get(scenario.dataset.name).side_fields}
+    allowed = {"scores", *dataset_spec(scenario).side_fields}
     batch = scenario.engine.messages_per_batch
 
     def send(

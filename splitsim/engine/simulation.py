@@ -15,6 +15,15 @@ from flwr.serverapp import Grid, ServerApp
 from splitsim.scenario import Engine
 
 
+def resolve_device(engine: Engine) -> str:
+    """``auto`` is CUDA when this process sees a GPU, else the CPU."""
+    import torch
+
+    if engine.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return engine.device
+
+
 def backend_config(engine: Engine) -> dict:
     return {
         "client_resources": {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus},

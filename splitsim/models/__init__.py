@@ -1,3 +1,3 @@
 """Networks: the official networks a supplier ships and the secret networks that read scores."""
 
-from splitsim.models import mlp  # noqa: F401
+from splitsim.models import lenet, mlp  # noqa: F401

