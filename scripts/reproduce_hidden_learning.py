@@ -4,7 +4,7 @@
         --experiments C2-C10,C5-C2,F2-L8 --seeds 0,1,2 --epochs 40 --jobs 3
 
 Each (experiment, seed) trains the three regimes (and the Table 2 weight-noise sweep) and is
-written atomically to ``<out>/<experiment>_seed<k>.json``. Running the same command again reads
+written atomically to ``<out>/<experiment>_seed<k>_e<epochs>.json``. Running the same command again reads
 finished experiments back instead of training them again, so an interrupted reproduction resumes.
 The markdown tables ``table1.md`` and ``table2.md`` put our numbers (mean ± sample std over
 seeds) beside the paper's. Uses CUDA when present (``--device auto``).
@@ -68,6 +68,7 @@ def run_one(job: dict) -> dict:
     from splitsim.scenario import Tasks
 
     torch.set_num_threads(job["threads"])
+    torch.backends.cudnn.benchmark = True
     official_task, secret_task = job["experiment"].split("-")
     tasks = Tasks(official=official_task, secret=secret_task, reweight=job["reweight"])
     cls = DATASETS.get(job["dataset"])
@@ -91,7 +92,10 @@ def run_one(job: dict) -> dict:
         lr=1e-3,
         validation_fraction=0.1,
         seed=job["seed"],
-        on_epoch=lambda _: None,
+        on_epoch=lambda msg: print(
+            f"  {job['experiment']} seed {job['seed']}: {msg} at {time.perf_counter() - start:.0f} s",
+            flush=True,
+        ),
         device=device,
     )
     train_s = time.perf_counter() - start
@@ -103,6 +107,12 @@ def run_one(job: dict) -> dict:
         "device": str(device),
         "train_seconds": round(train_s, 1),
         "regimes": regime_metrics(models, test, [secret_task]),
+        # validation accuracy per epoch, to show convergence where fewer than 40 epochs ran
+        "history": {
+            "to_and_ts": models.hidden.history,
+            "to": models.honest.history,
+            "ts_only": models.secret_only[secret_task].history,
+        },
         "robustness": weight_noise_robustness(
             models, test, secret_task, job["sigmas"], job["injections"], job["seed"]
         ),
@@ -180,6 +190,9 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--jobs", type=int, default=1, help="experiments trained in parallel")
+    parser.add_argument(
+        "--tables-only", action="store_true", help="train nothing; tabulate the finished ones"
+    )
     args = parser.parse_args()
 
     out = Path(args.out or f"results/hidden_learning/{args.dataset}")
@@ -187,10 +200,12 @@ def main() -> None:
     jobs, done = [], []
     for exp in args.experiments.split(","):
         for seed in (int(s) for s in args.seeds.split(",")):
-            path = out / f"{exp}_seed{seed}.json"
+            path = out / f"{exp}_seed{seed}_e{args.epochs}.json"
             if path.exists():
                 print(f"read back   {path}", flush=True)
                 done.append(json.loads(path.read_text()))
+                continue
+            if args.tables_only:
                 continue
             jobs.append(
                 {
@@ -203,10 +218,14 @@ def main() -> None:
                 }
             )  # fmt: skip
     if jobs:
+        if args.dataset == "fashion_mnist":
+            from splitsim.data.fetch import from_local_sources
+
+            from_local_sources(args.root, "fashion_mnist")  # unpack once, before the workers
         ctx = mp.get_context("spawn")  # CUDA needs spawned workers
         with ctx.Pool(min(args.jobs, len(jobs))) as pool:
             for result in pool.imap_unordered(run_one, jobs):
-                path = out / f"{result['experiment']}_seed{result['seed']}.json"
+                path = out / f"{result['experiment']}_seed{result['seed']}_e{result['epochs']}.json"
                 _write_atomic(path, json.dumps(result, indent=1))
                 print(
                     f"trained     {path} in {result['train_seconds']} s on {result['device']}",

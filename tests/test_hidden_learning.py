@@ -13,9 +13,9 @@ def test_regimes_order_as_in_the_paper():
     secrets = ["cv_risk", "insurer"]
     models = train_supplier(
         train,
-        ds.official,
+        ds.spec.official,
         secrets,
-        {name: len(ds.secret_classes[name]) for name in secrets},
+        {name: len(ds.spec.secret_classes[name]) for name in secrets},
         lambda: mlp(train.x.shape[1], [32, 32], 2),
         lambda n_in, n_out: mlp(n_in, [16, 32], n_out),
         epochs=12,

@@ -65,7 +65,8 @@ CASES = {
     ),
     "unknown_dataset": (
         variant(dataset={"name": "mnits"}),
-        "dataset.name: unknown dataset 'mnits'; allowed: covid_health_records",
+        "dataset.name: unknown dataset 'mnits'; "
+        "allowed: cifar10, covid_health_records, fashion_mnist",
     ),
     "unknown_secret": (
         variant(role={"name": "hidden_learning", "secrets": ["salary"]}),

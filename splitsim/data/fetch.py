@@ -43,10 +43,11 @@ def unpack_gz(sources: list[Path], raw: Path) -> None:
         target = raw / src.name.removesuffix(".gz")
         if target.exists():
             continue
-        tmp = target.with_suffix(".tmp")
-        with gzip.open(src, "rb") as fin, tmp.open("wb") as fout:
+        # A unique temporary name: several processes may unpack the same file at once.
+        fd, tmp_name = tempfile.mkstemp(dir=raw, prefix=f".{target.name}.")
+        with gzip.open(src, "rb") as fin, open(fd, "wb") as fout:
             shutil.copyfileobj(fin, fout)
-        tmp.replace(target)
+        Path(tmp_name).replace(target)
 
 
 def from_local_sources(root: str | Path, name: str) -> bool:

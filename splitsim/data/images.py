@@ -11,6 +11,7 @@ paper); data owners hold test images, split across Flower nodes.
 from __future__ import annotations
 
 import functools
+import pickle
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -40,6 +41,12 @@ class _CIFAR10Folder(datasets.CIFAR10):
     def _check_integrity(self) -> bool:
         folder = Path(self.root) / self.base_folder
         return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
+
+    def _load_meta(self) -> None:
+        with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as f:
+            names = pickle.load(f, encoding="latin1")[self.meta["key"]]
+        self.classes = names
+        self.class_to_idx = {name: i for i, name in enumerate(names)}
 
 
 class ImageParams(BaseModel):
