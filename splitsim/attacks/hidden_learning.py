@@ -37,6 +37,11 @@ from splitsim.metrics import accuracy, majority_rate, roc_auc
 Progress = Callable[[str], None]
 
 
+def to_scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
+    """What leaves N_o: a sigmoid per label (multilabel) or a softmax over classes."""
+    return torch.sigmoid(logits) if kind == "multilabel" else F.softmax(logits, dim=1)
+
+
 class ScoreNet(nn.Module):
     """An official network with its output map: sigmoid per label or softmax over classes."""
 
@@ -50,7 +55,7 @@ class ScoreNet(nn.Module):
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.body(x)
-        return torch.sigmoid(logits) if self.kind == "multilabel" else F.softmax(logits, dim=1)
+        return to_scores(logits, self.kind)
 
 
 def official_loss(
@@ -175,8 +180,7 @@ def train_regime(
                 logits = official(x[idx])
             loss = official_loss(logits, y_o[idx], task.kind, w_o[idx]) if official_loss_on else 0.0
             if secrets:
-                probs = torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, 1)
-                features = secret_input(probs, side[idx])
+                features = secret_input(to_scores(logits, task.kind), side[idx])
                 secret_loss = sum(
                     official_loss(
                         net(features), targets[name][idx], "multiclass", weights[name][idx]
