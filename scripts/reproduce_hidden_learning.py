@@ -6,7 +6,7 @@
 Each (experiment, seed) trains the three regimes (and the Table 2 weight-noise sweep) and is
 written atomically to ``<out>/<experiment>_seed<k>_e<epochs>.json``. Running the same command again reads
 finished experiments back instead of training them again, so an interrupted reproduction resumes.
-The markdown tables ``table1.md`` and ``table2.md`` put our numbers (mean ± sample std over
+The markdown tables ``table1_e<epochs>.md`` and ``table2_e<epochs>.md`` put our numbers (mean ± sample std over
 seeds) beside the paper's. Uses CUDA when present (``--device auto``).
 """
 
@@ -239,8 +239,8 @@ def main() -> None:
         )
     )
     t1, t2 = tables(done, args.dataset)
-    _write_atomic(out / "table1.md", t1)
-    _write_atomic(out / "table2.md", t2)
+    _write_atomic(out / f"table1_e{args.epochs}.md", t1)
+    _write_atomic(out / f"table2_e{args.epochs}.md", t2)
     print(t1)
     print(t2)
 
