@@ -254,4 +254,4 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
 
 def dataset_spec(scenario: Scenario) -> Any:
     """The dataset's official task, secrets and side fields under this scenario's tasks."""
-    return DATASETS.get(scenario.dataset.name).spec(scenario.dataset.params, scenario.tasks)
+    return DATASETS.get(scenario.dataset.name).describe(scenario.dataset.params, scenario.tasks)

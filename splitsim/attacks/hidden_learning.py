@@ -259,56 +259,29 @@ def train_supplier(
     def secret_nets(names: list[str]) -> dict[str, nn.Module]:
         return {name: build_secret(in_secret, secret_classes[name]).to(device) for name in names}
 
+    def regime(
+        official: ScoreNet, nets: dict[str, nn.Module], *, loss_on: bool, frozen: bool, seed: int
+    ) -> Trained:
+        return train_regime(
+            official, nets, train, val, task,
+            official_loss_on=loss_on, official_frozen=frozen, seed=seed, **common,
+        )  # fmt: skip
+
     official, s = fresh(0)
-    hidden = train_regime(
-        official,
-        secret_nets(secrets),
-        train,
-        val,
-        task,
-        official_loss_on=True,
-        official_frozen=False,
-        seed=s,
-        **common,
-    )
+    hidden = regime(official, secret_nets(secrets), loss_on=True, frozen=False, seed=s)
     official, s = fresh(1)
-    honest = train_regime(
-        official,
-        {},
-        train,
-        val,
-        task,
-        official_loss_on=True,
-        official_frozen=False,
-        seed=s,
-        **common,
-    )
+    honest = regime(official, {}, loss_on=True, frozen=False, seed=s)
     then_secret: dict[str, nn.Module] = {}
     secret_only: dict[str, Trained] = {}
     for i, name in enumerate(secrets):
         _, s = fresh(10 + i)
-        then_secret[name] = train_regime(
-            honest.official,
-            secret_nets([name]),
-            train,
-            val,
-            task,
-            official_loss_on=False,
-            official_frozen=True,
-            seed=s,
-            **common,
-        ).secrets[name]
+        frozen_honest = regime(
+            honest.official, secret_nets([name]), loss_on=False, frozen=True, seed=s
+        )
+        then_secret[name] = frozen_honest.secrets[name]
         official, s = fresh(20 + i)
-        secret_only[name] = train_regime(
-            official,
-            secret_nets([name]),
-            train,
-            val,
-            task,
-            official_loss_on=False,
-            official_frozen=False,
-            seed=s,
-            **common,
+        secret_only[name] = regime(
+            official, secret_nets([name]), loss_on=False, frozen=False, seed=s
         )
     return SupplierModels(task, hidden, honest, then_secret, secret_only)
 

@@ -247,7 +247,7 @@ class CovidHealthRecords:
     )
 
     @classmethod
-    def spec(cls, params: Params, tasks: object | None) -> DatasetSpec:
+    def describe(cls, params: Params, tasks: object | None) -> DatasetSpec:
         if tasks is not None:
             raise ValueError(
                 "tasks",

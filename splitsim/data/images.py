@@ -66,7 +66,7 @@ class ImageDataset:
     key: ClassVar[str]
 
     @classmethod
-    def spec(cls, params: ImageParams, task_cfg: Any) -> DatasetSpec:
+    def describe(cls, params: ImageParams, task_cfg: Any) -> DatasetSpec:
         if task_cfg is None:
             raise ValueError(
                 "tasks",
@@ -84,6 +84,11 @@ class ImageDataset:
         raise NotImplementedError
 
     @staticmethod
+    def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 images (n, C, H, W) and original labels, through torchvision's reader."""
+        raise NotImplementedError
+
+    @staticmethod
     def side_features(side_raw: dict[str, np.ndarray], n: int) -> np.ndarray:
         return np.zeros((n, 0), dtype=np.float32)
 
@@ -91,7 +96,7 @@ class ImageDataset:
         self.params = params
         self.seed = seed
         self.tasks = task_cfg
-        self.spec = self.spec(params, task_cfg)
+        self.spec = self.describe(params, task_cfg)
 
     def _arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         return _load(type(self), self.params.root, self.params.download, train)
@@ -100,7 +105,7 @@ class ImageDataset:
         t = self.tasks
         return ScoreData(
             x=x,
-            side=np.zeros((len(x), 0), dtype=np.float32),
+            side=self.side_features({}, len(x)),
             side_raw={},
             official=tasks.relabel(t.official, labels),
             secrets={t.secret: tasks.relabel(t.secret, labels)},
@@ -128,8 +133,9 @@ class ImageDataset:
         """Node ``pid``'s share of the first ``users`` test images in a seeded order."""
         x, y = self._arrays(train=False)
         order = np.random.default_rng(stream(self.seed, _DEPLOY_ORDER)).permutation(len(x))[:users]
-        start = sum(partition_sizes(users, clients)[:pid])
-        index = order[start : start + partition_sizes(users, clients)[pid]]
+        sizes = partition_sizes(users, clients)
+        start = sum(sizes[:pid])
+        index = order[start : start + sizes[pid]]
         return self._score_data(x[index], y[index])
 
 
@@ -137,18 +143,7 @@ class ImageDataset:
 def _load(cls: type, root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
     """Images as float32 (n, C, H, W) in [0, 1] and original labels; cached per process, since
     a Ray actor serves many nodes and the files are public (no data owner's state lives here)."""
-    if cls is FashionMNIST:
-        if not download:
-            fetch.from_local_sources(root, "fashion_mnist")
-        ds = datasets.FashionMNIST(root, train=train, download=download)
-        x = ds.data.numpy()[:, None, :, :]
-        y = ds.targets.numpy()
-    else:
-        ds = (datasets.CIFAR10 if download else _CIFAR10Folder)(
-            root, train=train, download=download
-        )
-        x = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))
-        y = np.asarray(ds.targets)
+    x, y = cls.read(root, download, train)
     return (x.astype(np.float32) / 255.0), y.astype(np.int64)
 
 
@@ -169,6 +164,13 @@ class FashionMNIST(ImageDataset):
             "`python -m splitsim fetch fashion_mnist` or set dataset.download: true",
         )
 
+    @staticmethod
+    def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        if not download:
+            fetch.from_local_sources(root, "fashion_mnist")
+        ds = datasets.FashionMNIST(root, train=train, download=download)
+        return ds.data.numpy()[:, None, :, :], ds.targets.numpy()
+
 
 @DATASETS.register("cifar10")
 class CIFAR10(ImageDataset):
@@ -187,3 +189,9 @@ class CIFAR10(ImageDataset):
             f"CIFAR-10 not found in {folder}; unpack the python version of CIFAR-10 there "
             "or set dataset.download: true",
         )
+
+    @staticmethod
+    def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        reader = datasets.CIFAR10 if download else _CIFAR10Folder
+        ds = reader(root, train=train, download=download)
+        return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets)
