@@ -190,6 +190,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--jobs", type=int, default=1, help="experiments trained in parallel")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per job")
     parser.add_argument(
         "--tables-only", action="store_true", help="train nothing; tabulate the finished ones"
     )
@@ -214,7 +215,7 @@ def main() -> None:
                     "train_limit": args.train_limit, "device": args.device,
                     "sigmas": [float(s) for s in args.sigmas.split(",")],
                     "injections": args.injections,
-                    "threads": max(1, (mp.cpu_count() or 1) // max(1, args.jobs)),
+                    "threads": args.threads or max(1, (mp.cpu_count() or 1) // max(1, args.jobs)),
                 }
             )  # fmt: skip
     if jobs:

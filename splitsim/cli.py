@@ -52,7 +52,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     scenario = load_scenario(args.scenario, args.overrides)  # bad input stops here, no folder yet
 
-    from splitsim import report
+    from splitsim import reports
     from splitsim.registry import ROLES
     from splitsim.runs import open_run, versions
 
@@ -71,8 +71,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
             "versions": versions(),
         }
-        report.write(run.folder, scenario.name, results, outcome["plots"])
-    console.print(report.console_table(results["metrics"]))
+        reports.write(run.folder, scenario.name, results, outcome["plots"], role)
+    console.print(role.report.console_table(results["metrics"]))
     console.print(f"run folder: [bold]{run.folder}[/bold]")
     return EXIT_OK
 

@@ -37,8 +37,12 @@ class Plugin(BaseModel):
 
 
 class Models(Strict):
-    official: Plugin = Plugin(name="health_mlp")
-    secret: Plugin = Plugin(name="secret_mlp")
+    """Networks by role: ``official``/``secret`` for hidden learning, ``split`` for split
+    learning. A role fills in its defaults; a network the role does not use is an error."""
+
+    official: Plugin | None = None
+    secret: Plugin | None = None
+    split: Plugin | None = None
 
 
 class Training(Strict):
@@ -203,15 +207,23 @@ def validate(data: Any, source: str) -> Scenario:
         scenario.name = Path(source).stem
     _bind(scenario.dataset, DATASETS, ("dataset",), source)
     _bind(scenario.role, ROLES, ("role",), source)
-    _bind(scenario.models.official, MODELS, ("models", "official"), source)
-    _bind(scenario.models.secret, MODELS, ("models", "secret"), source)
+    role = ROLES.get(scenario.role.name)
+    for key in Models.model_fields:
+        plugin = getattr(scenario.models, key)
+        if key not in role.models:
+            if plugin is not None:
+                raise ScenarioError(
+                    source,
+                    f"models.{key}",
+                    f"not used by role {scenario.role.name}; allowed: {', '.join(role.models)}",
+                )
+            continue
+        if plugin is None:
+            plugin = Plugin(name=role.models[key])
+            setattr(scenario.models, key, plugin)
+        _bind(plugin, MODELS, ("models", key), source)
     for i, defence in enumerate(scenario.defences):
         _bind(defence, DEFENCES, ("defences", i), source)
-    try:
-        dataset_spec(scenario)
-    except ValueError as err:
-        field, message = err.args
-        raise ScenarioError(source, field, message) from None
     dataset_cls = DATASETS.get(scenario.dataset.name)
     if hasattr(dataset_cls, "check_available"):
         problem = dataset_cls.check_available(scenario.dataset.params)
@@ -224,7 +236,7 @@ def validate(data: Any, source: str) -> Scenario:
             f"must be at least deployment.clients ({scenario.deployment.clients}): "
             "every client holds one or more users",
         )
-    ROLES.get(scenario.role.name).check(scenario, source)
+    role.check(scenario, source)
     return scenario
 
 

@@ -123,7 +123,11 @@ def test_same_seed_same_metrics(runs):
 def test_defences_cut_the_leak_and_cost_utility(runs):
     plain = results(runs[0])["metrics"]["deployment"]
     defended = results(runs[2])["metrics"]["deployment"]
-    assert results(runs[2])["defences"][0] == {"name": "laplace", "scale": 0.3}
+    assert results(runs[2])["defences"][0] == {
+        "name": "laplace",
+        "scale": 0.3,
+        "during_training": False,
+    }
     cv_plain = plain["secrets"]["cv_risk"]["accuracy"]
     cv_def = defended["secrets"]["cv_risk"]["accuracy"]
     assert cv_def < cv_plain - 0.2

@@ -41,11 +41,11 @@ CASES = {
     "wrong_type": (variant(seed="abc"), "seed: Input should be a valid integer"),
     "unknown_role": (
         variant(role={"name": "model_thief"}),
-        "role.name: unknown role 'model_thief'; allowed: hidden_learning",
+        "role.name: unknown role 'model_thief'; allowed: hidden_learning, model_inversion",
     ),
     "unknown_defence": (
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
-        "defences.0.name: unknown defence 'lapalce'; allowed: laplace, rounding, weight_noise",
+        "defences.0.name: unknown defence 'lapalce'; allowed: laplace, nopeek, rounding, weight_noise",
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),

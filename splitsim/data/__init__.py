@@ -1,3 +1,3 @@
-"""Datasets: the Covid app's synthetic health records; Fashion-MNIST and CIFAR-10 images."""
+"""Datasets: the Covid app's synthetic health records; MNIST, Fashion-MNIST, CIFAR-10."""
 
-from splitsim.data import health_records, images  # noqa: F401
+from splitsim.data import health_records, images, mnist  # noqa: F401

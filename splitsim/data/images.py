@@ -96,7 +96,7 @@ class ImageDataset:
         self.params = params
         self.seed = seed
         self.tasks = task_cfg
-        self.spec = self.describe(params, task_cfg)
+        self.spec = self.describe(params, task_cfg) if task_cfg is not None else None
 
     def _arrays(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
         return _load(type(self), self.params.root, self.params.download, train)

@@ -71,3 +71,8 @@ def partition_sizes(users: int, clients: int) -> list[int]:
 def stream(seed: int, *labels: int) -> np.random.SeedSequence:
     """An independent random stream per (seed, purpose, partition): reproducible anywhere."""
     return np.random.SeedSequence([seed, *labels])
+
+
+def int_seed(seed: int, *labels: int) -> int:
+    """:func:`stream` as one integer, for APIs that take an int seed (torch)."""
+    return int(stream(seed, *labels).generate_state(1)[0])

@@ -1,6 +1,6 @@
 """Client-side defences, one file each; see base.py for the stages they act on."""
 
-from splitsim.defences import laplace, rounding, weight_noise  # noqa: F401
+from splitsim.defences import laplace, nopeek, rounding, weight_noise  # noqa: F401
 from splitsim.defences.base import Defence, apply_stage
 from splitsim.registry import DEFENCES
 

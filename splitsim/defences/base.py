@@ -1,7 +1,8 @@
 """What every defence is: a transform the data owner applies at one stage of its computation.
 
 Stages: ``payload`` (what leaves the client: scores, intermediate tensors), ``weights`` (the
-model the client received, before it runs it). A role declares which stages it has; a defence
+model the client received, before it runs it), ``loss`` (a term the data owner adds to its own
+training loss, e.g. NoPeek). A role declares which stages it has; a defence
 whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
 """
 
@@ -12,7 +13,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Stage = Literal["payload", "weights"]
+Stage = Literal["payload", "weights", "loss"]
 
 
 class DefenceParams(BaseModel):

@@ -1,3 +1,3 @@
-"""Networks: the official networks a supplier ships and the secret networks that read scores."""
+"""Networks: hidden learning's official and secret networks; the split classifier and decoder."""
 
-from splitsim.models import lenet, mlp  # noqa: F401
+from splitsim.models import lenet, mlp, split_cnn  # noqa: F401

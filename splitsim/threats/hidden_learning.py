@@ -38,6 +38,7 @@ from splitsim.engine.wire import WireLog
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, majority_rate
 from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES
+from splitsim.reports import hidden_learning as report
 from splitsim.runs import Run
 from splitsim.scenario import Scenario, dataset_spec
 
@@ -58,10 +59,16 @@ class HiddenLearningSupplier:
         robustness: Robustness = Robustness()
 
     stages = ("payload", "weights")
+    models = {"official": "health_mlp", "secret": "secret_mlp"}
+    report = report
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
-        known = dataset_spec(scenario).secret_classes
+        try:
+            known = dataset_spec(scenario).secret_classes
+        except ValueError as err:
+            field, message = err.args
+            raise ScenarioError(source, field, message) from None
         for i, secret in enumerate(scenario.role.params.secrets or []):
             if secret not in known:
                 raise ScenarioError(
@@ -79,6 +86,12 @@ class HiddenLearningSupplier:
                     f"defences.{i}.name",
                     f"{spec.name!r} acts on {stage}, which role hidden_learning does not have; "
                     f"allowed here: {', '.join(allowed)}",
+                )
+            if getattr(spec.params, "during_training", False):
+                raise ScenarioError(
+                    source,
+                    f"defences.{i}.during_training",
+                    "the supplier trains alone, data owners never train here; allowed: false",
                 )
 
     @staticmethod

@@ -1,11 +1,9 @@
-"""What a finished run leaves behind: results.json, metrics.csv, report.md, plots, a table."""
+"""The hidden-learning run's report: report.md, the regime and robustness plots, a table."""
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -14,20 +12,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from splitsim.runs import write_atomic, write_json  # noqa: E402
+from splitsim.runs import write_atomic  # noqa: E402
 
 REGIMES = (("to_then_ts", "To-then-Ts"), ("to_and_ts", "To-and-Ts"), ("ts_only", "Ts-only"))
-
-
-def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(data, dict):
-        rows: list[tuple[str, Any]] = []
-        for key in sorted(data):
-            rows += flatten(data[key], f"{prefix}.{key}" if prefix else str(key))
-        return rows
-    if isinstance(data, list):
-        return [(prefix, ";".join(str(v) for v in data))]
-    return [(prefix, data)]
 
 
 def _pct(value: float | None) -> str:
@@ -184,12 +171,6 @@ def markdown(scenario_name: str, results: dict) -> str:
 
 
 def write(folder: Path, scenario_name: str, results: dict, plots: dict) -> None:
-    write_json(folder / "results.json", results)
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    writer.writerow(["metric", "value"])
-    writer.writerows(flatten(results["metrics"]))
-    write_atomic(folder / "metrics.csv", buffer.getvalue())
     plot_secret_accuracy(results["metrics"], folder / "secret_accuracy.png")
     plot_score_distribution(plots, folder / "score_distribution.png")
     if results["metrics"].get("robustness"):

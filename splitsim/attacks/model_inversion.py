@@ -1,0 +1,107 @@
+"""The curious computational server: model inversion of split-network intermediates.
+
+Titcombe et al., *Practical Defences Against Model Inversion Attacks for Split Neural Networks*
+(papers/003), section 3: "1) The attackers collect a dataset of inputs (raw data) and
+intermediate data produced by the first model segment. 2) They train an attack model to convert
+the intermediate data back into raw input data. 3) They collect intermediate data produced by
+some data owners and run it through the trained attack model." The attack model g is trained
+with the mean squared error ``min_g E_x ||g(f1(x)) - x||^2`` over the attacker's own images x
+(Appendix D: same hyper-parameters as the classifier, Adam 1e-3, batch 32), and selected on
+the attacker's validation images. How the server gets f1 and its images is Appendix A's
+(colluding data owner, or a segment obtained alone); see threats/model_inversion.py.
+
+An *adaptive* attacker knows the data owners add Laplace(0, b) noise and trains on
+``f1(x) + n``, fresh noise every batch, so the decoder learns to see through it.
+
+    >>> decoder, history = train_decoder(segment, aux, val, noise_scale=0.0, epochs=10, ...)
+    >>> images = reconstruct(decoder, received_z)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from splitsim.models.split_cnn import InversionDecoder
+
+
+def intermediates(segment: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """f1(x) for the attacker's own images, with the segment it holds."""
+    segment.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            out.append(segment(torch.from_numpy(x[start : start + batch])).numpy())
+    return np.concatenate(out)
+
+
+def train_decoder(
+    segment: nn.Module,
+    aux: np.ndarray,
+    val: np.ndarray,
+    *,
+    noise_scale: float,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    device: str = "cpu",
+    on_epoch: Callable[[dict[str, float]], None] | None = None,
+) -> tuple[nn.Module, list[dict[str, float]]]:
+    """Fit g: z -> x on (f1(x) [+ Laplace noise], x); keep the epoch with the best val MSE."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    z_aux = torch.from_numpy(intermediates(segment, aux))
+    z_val = torch.from_numpy(intermediates(segment, val))
+    x_aux = torch.from_numpy(aux)
+    noisy = noise_scale > 0
+    if noisy:
+        # One fixed noisy copy of the validation set, so epochs are compared on equal terms.
+        z_val = z_val + _laplace(z_val.shape, noise_scale, generator)
+    decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:])).to(device)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
+    best, best_state, history = float("inf"), None, []
+    for epoch in range(1, epochs + 1):
+        decoder.train()
+        order = torch.randperm(len(z_aux), generator=generator)
+        total = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            z = z_aux[idx]
+            if noisy:
+                z = z + _laplace(z.shape, noise_scale, generator)
+            loss = ((decoder(z.to(device)) - x_aux[idx].to(device)) ** 2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(idx)
+        val_mse = float(((reconstruct(decoder, z_val.numpy(), device) - val) ** 2).mean())
+        row = {"epoch": epoch, "train_mse": total / len(z_aux), "val_mse": val_mse}
+        history.append(row)
+        if val_mse < best:
+            best = val_mse
+            best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
+        if on_epoch is not None:
+            on_epoch(row)
+    if best_state is not None:
+        decoder.load_state_dict(best_state)
+    return decoder.cpu(), history
+
+
+def _laplace(shape: torch.Size, scale: float, generator: torch.Generator) -> torch.Tensor:
+    # Inverse-CDF sampling with our generator, so the attack is reproducible from its seed.
+    u = torch.rand(shape, generator=generator) - 0.5
+    return -scale * torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
+def reconstruct(decoder: nn.Module, z: np.ndarray, device: str = "cpu", batch: int = 1000):
+    """The attacker's guess of the inputs behind intermediate tensors ``z``."""
+    decoder.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(z), batch):
+            out.append(decoder(torch.from_numpy(z[start : start + batch]).to(device)).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0,), np.float32)

@@ -1,0 +1,363 @@
+"""Split training over Flower: data owners hold the first segment f1, the server the rest f2.
+
+Every exchange is a Flower message (``message_type="query"``, a ConfigRecord ``config`` naming
+the phase); the wire log records each one:
+
+- ``hello``: a node replies with its partition number and how many training images it holds
+  (the server holds their labels, as in papers/003, so it needs no more).
+- ``train`` (round r, step t): optionally the weights to start from (``segment``: the FedAvg
+  average in the parallel schedule, the previous owner's weights in the sequential one) and the
+  gradient for the node's batch t-1 (``grad``). The node back-propagates that gradient (plus its
+  own NoPeek term) through f1, updates, and replies with the intermediate tensor of batch t
+  (``intermediate``: ``z`` and the sample ``ids`` the server's labels are keyed by) - one round
+  trip per batch. After its last batch it replies with its weights instead.
+- ``infer``: the final weights; the node replies with the (defended) intermediate tensors of
+  its test images. ``collude``: the colluding node hands over its segment and images.
+
+Schedules: ``parallel`` (SplitFed: every node in every step, f2 updated on each node's batch in
+node order, f1 copies averaged by FedAvg, weighted by data size, after each round) and
+``sequential`` (nodes take turns, each passing its weights on).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+from torch import nn
+
+from splitsim import defences as defence_lib
+from splitsim.data.score_data import int_seed, partition_sizes, stream
+from splitsim.engine.codec import arrays_to_record, record_to_arrays
+from splitsim.engine.node_state import open_state
+from splitsim.engine.simulation import wait_for_nodes
+from splitsim.engine.wire import WireLog
+from splitsim.registry import DATASETS, MODELS
+from splitsim.scenario import Scenario
+
+# Random-stream purposes.
+_TRAIN_SPLIT, _BATCH_ORDER, _TRAIN_NOISE, _INFER_NOISE, _SERVER_INIT = 60, 61, 62, 63, 64
+_INFER_SPLIT = 65
+FAST_PULL_S = 0.002
+
+
+def split_parts(scenario: Scenario) -> tuple[nn.Module, nn.Module]:
+    spec = scenario.models.split
+    parts = MODELS.get(spec.name).build(spec.params, (1, 28, 28), 10)
+    return parts.client, parts.server
+
+
+def train_partition(n_train: int, clients: int, pid: int, seed: int) -> np.ndarray:
+    """Node ``pid``'s training image ids: a seeded, even (IID) split of the classifier set."""
+    order = np.random.default_rng(stream(seed, _TRAIN_SPLIT)).permutation(n_train)
+    sizes = partition_sizes(n_train, clients)
+    start = sum(sizes[:pid])
+    return np.sort(order[start : start + sizes[pid]])
+
+
+def test_partition(n_test: int, users: int, clients: int, pid: int, seed: int) -> np.ndarray:
+    """Node ``pid``'s share of the first ``users`` test images in a seeded order."""
+    order = np.random.default_rng(stream(seed, _INFER_SPLIT)).permutation(n_test)[:users]
+    sizes = partition_sizes(users, clients)
+    start = sum(sizes[:pid])
+    return order[start : start + sizes[pid]]
+
+
+def batch_order(ids: np.ndarray, seed: int, pid: int, rnd: int) -> np.ndarray:
+    return ids[np.random.default_rng(stream(seed, _BATCH_ORDER, pid, rnd)).permutation(len(ids))]
+
+
+def _config(phase: str, **values: int | str) -> ConfigRecord:
+    return ConfigRecord({"phase": phase, **values})
+
+
+def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
+    app = ClientApp()
+    role = scenario.role.params
+    batch = scenario.training.batch_size
+    clients = scenario.deployment.clients
+
+    def build() -> nn.Module:
+        return split_parts(scenario)[0]
+
+    @app.query()
+    def handle(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(max(1, int(scenario.engine.num_cpus)))
+        pid = int(context.node_config["partition-id"])
+        dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
+        cfg = msg.content["config"]
+        phase = str(cfg["phase"])
+        chosen = defence_lib.build(scenario.defences)
+        if phase == "hello":
+            x_train, _ = dataset.classifier_train()
+            mine = train_partition(len(x_train), clients, pid, scenario.seed)
+            meta = ConfigRecord({"partition": pid, "train_samples": len(mine)})
+            return Message(RecordDict({"meta": meta}), reply_to=msg)
+        state = open_state(state_dir, pid, build, scenario.training.lr)
+        if "segment" in msg.content:
+            state.load_weights(record_to_arrays(msg.content["segment"]))
+        if phase == "train":
+            x_train, _ = dataset.classifier_train()
+            rnd, step = int(cfg["round"]), int(cfg["step"])
+            order = batch_order(
+                train_partition(len(x_train), clients, pid, scenario.seed), scenario.seed, pid, rnd
+            )
+            steps = math.ceil(len(order) / batch)
+            if "grad" in msg.content:
+                idx = order[(step - 1) * batch : step * batch]
+                x = torch.from_numpy(x_train[idx])
+                z = state.model(x)
+                grad = torch.from_numpy(record_to_arrays(msg.content["grad"])["g"])
+                # The server's gradient carries the task loss; NoPeek adds the owner's own term.
+                loss = (z * grad).sum()
+                for defence in chosen:
+                    if defence.stage == "loss":
+                        loss = loss + defence.loss(x, z)
+                state.optimizer.zero_grad()
+                loss.backward()
+                state.step()
+            if step >= steps:
+                content = RecordDict({"segment": arrays_to_record(state.weights())})
+                return Message(content, reply_to=msg)
+            idx = order[step * batch : (step + 1) * batch]
+            with torch.no_grad():
+                z = state.model(torch.from_numpy(x_train[idx])).numpy()
+            training_noise = [
+                d
+                for d in chosen
+                if d.stage == "payload" and getattr(d.params, "during_training", 0)
+            ]
+            rng = np.random.default_rng(stream(scenario.seed, _TRAIN_NOISE, pid, rnd, step))
+            z = defence_lib.apply_stage(training_noise, "payload", z, rng)
+            content = RecordDict({"intermediate": arrays_to_record({"z": z, "ids": idx})})
+            return Message(content, reply_to=msg)
+        if phase == "infer":
+            x_test, _ = dataset.images(train=False)
+            idx = test_partition(
+                len(x_test), scenario.deployment.users, clients, pid, scenario.seed
+            )
+            with torch.no_grad():
+                z = state.model(torch.from_numpy(x_test[idx])).numpy()
+            rng = np.random.default_rng(stream(scenario.seed, _INFER_NOISE, pid))
+            z = defence_lib.apply_stage(chosen, "payload", z, rng)
+            content = RecordDict(
+                {
+                    "intermediate": arrays_to_record({"z": z}),
+                    "meta": ConfigRecord({"partition": pid}),
+                }
+            )
+            return Message(content, reply_to=msg)
+        if phase == "collude":
+            from splitsim.data.mnist import aux_images
+
+            aux, val, _ = aux_images(
+                "same",
+                scenario.dataset.params.root,
+                role.aux_size,
+                role.val_size,
+                None,
+                scenario.seed,
+                scenario.dataset.params.download,
+            )
+            content = RecordDict(
+                {
+                    "segment": arrays_to_record(state.weights()),
+                    "aux": arrays_to_record({"x": aux, "x_val": val}),
+                }
+            )
+            return Message(content, reply_to=msg)
+        raise ValueError(f"unknown phase {phase!r}")
+
+    return app
+
+
+@dataclass
+class SplitOutcome:
+    """What the server ends up with, and how training went."""
+
+    client_weights: dict[str, np.ndarray] | None = None
+    server: nn.Module | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+    train_samples: dict[int, int] = field(default_factory=dict)
+    inference: dict[int, np.ndarray] = field(default_factory=dict)
+    training_z: list[np.ndarray] = field(default_factory=list)
+    training_ids: list[np.ndarray] = field(default_factory=list)
+    colluder: dict[str, np.ndarray] = field(default_factory=dict)
+    round_trips: int = 0
+    error: BaseException | None = None
+
+
+def fedavg(weights: dict[int, dict[str, np.ndarray]], sizes: dict[int, int]) -> dict:
+    total = sum(sizes[p] for p in weights)
+    names = next(iter(weights.values())).keys()
+    return {
+        name: sum(
+            weights[p][name].astype(np.float64) * (sizes[p] / total) for p in sorted(weights)
+        ).astype(np.float32)
+        for name in names
+    }
+
+
+def server_app(
+    scenario: Scenario,
+    wire: WireLog,
+    outcome: SplitOutcome,
+    keep_training_ids: set[int],
+    on_step: Callable[[], None],
+    on_round: Callable[[dict[str, float]], None],
+) -> ServerApp:
+    app = ServerApp()
+    role = scenario.role.params
+    t = scenario.training
+    clients = scenario.deployment.clients
+
+    def send(
+        grid: Grid, contents: dict[int, RecordDict], node_of: dict[int, int], phase: str, rnd: int
+    ) -> dict[int, Message]:
+        messages = []
+        for pid in sorted(contents):
+            msg = Message(contents[pid], dst_node_id=node_of[pid], message_type="query")
+            wire.log(
+                round=rnd,
+                phase=phase,
+                sender="server",
+                receiver=f"node:{node_of[pid]}",
+                content=contents[pid],
+            )
+            messages.append(msg)
+        pid_of = {node: pid for pid, node in node_of.items()}
+        replies: dict[int, Message] = {}
+        for reply in grid.send_and_receive(messages):
+            node = reply.metadata.src_node_id
+            if reply.has_error():
+                raise RuntimeError(f"node {node} failed in {phase}: {reply.error.reason}")
+            wire.log(
+                round=rnd,
+                phase=phase,
+                sender=f"node:{node}",
+                receiver="server",
+                content=reply.content,
+            )
+            replies[pid_of.get(node, -1)] = reply
+        outcome.round_trips += 1
+        return replies
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            # The in-memory grid polls for replies every 0.1 s by default: with one round trip
+            # per batch that polling, not the computation, would set the pace.
+            if hasattr(grid, "pull_interval"):
+                grid.pull_interval = FAST_PULL_S
+            _train(grid)
+        except BaseException as err:  # surfaced by the caller: Flower would only log it
+            outcome.error = err
+            raise
+
+    def _train(grid: Grid) -> None:
+        ids = wait_for_nodes(grid, clients)
+        hello = send(
+            grid,
+            {node: RecordDict({"config": _config("hello")}) for node in ids},
+            {node: node for node in ids},
+            "hello",
+            0,
+        )
+        node_of = {}
+        for node, reply in hello.items():
+            meta = reply.content["meta"]
+            node_of[int(meta["partition"])] = node
+            outcome.train_samples[int(meta["partition"])] = int(meta["train_samples"])
+        dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
+        _, labels = dataset.classifier_train()
+        labels_t = torch.from_numpy(labels)
+
+        torch.manual_seed(int_seed(scenario.seed, _SERVER_INIT))
+        client_init, server = split_parts(scenario)
+        weights = {k: v.detach().numpy().copy() for k, v in client_init.state_dict().items()}
+        optimizer = torch.optim.Adam(server.parameters(), lr=t.lr)
+        loss_fn = nn.CrossEntropyLoss()
+        pids = sorted(node_of)
+        turns = [pids] if role.schedule == "parallel" else [[p] for p in pids]
+
+        for rnd in range(1, t.epochs + 1):
+            seen, correct, loss_sum = 0, 0, 0.0
+            for group in turns:
+                pending = {
+                    pid: RecordDict(
+                        {
+                            "config": _config("train", round=rnd, step=0),
+                            "segment": arrays_to_record(weights),
+                        }
+                    )
+                    for pid in group
+                }
+                step_of = dict.fromkeys(group, 0)
+                collected: dict[int, dict[str, np.ndarray]] = {}
+                while pending:
+                    replies = send(grid, pending, node_of, "train", rnd)
+                    pending = {}
+                    for pid in sorted(replies):
+                        content = replies[pid].content
+                        if "segment" in content:
+                            collected[pid] = record_to_arrays(content["segment"])
+                            continue
+                        sent = record_to_arrays(content["intermediate"])
+                        z = torch.from_numpy(sent["z"]).requires_grad_(True)
+                        y = labels_t[torch.from_numpy(sent["ids"])]
+                        out = server(z)
+                        loss = loss_fn(out, y)
+                        optimizer.zero_grad()
+                        loss.backward()
+                        optimizer.step()
+                        seen += len(y)
+                        correct += int((out.argmax(1) == y).sum())
+                        loss_sum += float(loss.detach()) * len(y)
+                        if rnd == t.epochs and keep_training_ids:
+                            keep = np.isin(sent["ids"], list(keep_training_ids))
+                            if keep.any():
+                                outcome.training_z.append(sent["z"][keep])
+                                outcome.training_ids.append(sent["ids"][keep])
+                        step_of[pid] += 1
+                        pending[pid] = RecordDict(
+                            {
+                                "config": _config("train", round=rnd, step=step_of[pid]),
+                                "grad": arrays_to_record({"g": z.grad.numpy()}),
+                            }
+                        )
+                        on_step()
+                weights = (
+                    fedavg(collected, outcome.train_samples)
+                    if role.schedule == "parallel"
+                    else collected[group[0]]
+                )
+            row = {"round": rnd, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
+            outcome.history.append(row)
+            on_round(row)
+
+        outcome.client_weights = weights
+        outcome.server = server
+        contents = {
+            pid: RecordDict({"config": _config("infer"), "segment": arrays_to_record(weights)})
+            for pid in pids
+        }
+        for pid, reply in send(grid, contents, node_of, "infer", t.epochs + 1).items():
+            outcome.inference[pid] = record_to_arrays(reply.content["intermediate"])["z"]
+        if role.access == "colluding":
+            colluder = pids[role.colluder % len(pids)]
+            content = RecordDict({"config": _config("collude")})
+            reply = send(grid, {colluder: content}, node_of, "collude", t.epochs + 2)[colluder]
+            outcome.colluder = {
+                **{
+                    f"segment.{k}": v for k, v in record_to_arrays(reply.content["segment"]).items()
+                },
+                **record_to_arrays(reply.content["aux"]),
+            }
+
+    return app

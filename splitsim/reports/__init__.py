@@ -1,0 +1,32 @@
+"""What a finished run leaves behind: results.json and metrics.csv for every role, then the
+role's own report (report.md, plots) from ``splitsim/reports/<role>.py``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from splitsim.runs import write_atomic, write_json
+
+
+def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if isinstance(data, dict):
+        rows: list[tuple[str, Any]] = []
+        for key in sorted(data):
+            rows += flatten(data[key], f"{prefix}.{key}" if prefix else str(key))
+        return rows
+    if isinstance(data, list):
+        return [(prefix, ";".join(str(v) for v in data))]
+    return [(prefix, data)]
+
+
+def write(folder: Path, scenario_name: str, results: dict, plots: dict, role: Any) -> None:
+    write_json(folder / "results.json", results)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["metric", "value"])
+    writer.writerows(flatten(results["metrics"]))
+    write_atomic(folder / "metrics.csv", buffer.getvalue())
+    role.report.write(folder, scenario_name, results, plots)
