@@ -45,7 +45,8 @@ CASES = {
     ),
     "unknown_defence": (
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
-        "defences.0.name: unknown defence 'lapalce'; allowed: laplace, nopeek, rounding, weight_noise",
+        "defences.0.name: unknown defence 'lapalce'; "
+        "allowed: laplace, nopeek, rounding, weight_noise",
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),
