@@ -49,6 +49,7 @@ def train_decoder(
     lr: float,
     seed: int,
     device: str = "cpu",
+    deep: bool = False,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Fit g: z -> x on (f1(x) [+ Laplace noise], x); keep the epoch with the best val MSE."""
@@ -61,7 +62,7 @@ def train_decoder(
     if noisy:
         # One fixed noisy copy of the validation set, so epochs are compared on equal terms.
         z_val = z_val + _laplace(z_val.shape, noise_scale, generator)
-    decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:])).to(device)
+    decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:]), deep).to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     best, best_state, history = float("inf"), None, []
     for epoch in range(1, epochs + 1):
@@ -98,10 +99,12 @@ def _laplace(shape: torch.Size, scale: float, generator: torch.Generator) -> tor
 
 
 def reconstruct(decoder: nn.Module, z: np.ndarray, device: str = "cpu", batch: int = 1000):
-    """The attacker's guess of the inputs behind intermediate tensors ``z``."""
+    """The attacker's guess of the inputs behind intermediate tensors ``z``, clipped to the
+    pixel range [0, 1] the attacker knows images have."""
     decoder.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(z), batch):
-            out.append(decoder(torch.from_numpy(z[start : start + batch]).to(device)).cpu())
+            images = decoder(torch.from_numpy(z[start : start + batch]).to(device))
+            out.append(images.clamp(0, 1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0,), np.float32)

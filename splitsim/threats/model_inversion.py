@@ -69,6 +69,9 @@ class ModelInversionServer:
         aux_classes: list[int] | None = Field(None, description="disjoint_classes: kept digits")
         val_size: int = Field(1000, ge=10, description="attacker's validation images")
         adaptive: bool = Field(False, description="decoder trained on noised tensors")
+        decoder: Literal["paper", "deep"] = Field(
+            "paper", description="the published decoder, or one with ReLUs (stronger)"
+        )
         decoder_epochs: int = Field(10, ge=1)
         training_targets: int = Field(
             500, ge=0, description="images of the last training epoch to reconstruct"
@@ -263,6 +266,7 @@ class ModelInversionServer:
                 lr=t.lr,
                 seed=int_seed(scenario.seed, _ATTACK),
                 device=resolve_device(scenario.engine),
+                deep=p.decoder == "deep",
                 on_epoch=advance,
             )
         recon_infer = reconstruct(decoder, z_infer)
@@ -305,6 +309,7 @@ class ModelInversionServer:
                     "aux_data": p.aux_data,
                     "aux_size": len(aux),
                     "adaptive": p.adaptive,
+                    "decoder": p.decoder,
                     "noise_scale_known": noise_scale,
                     "decoder_history": history,
                 },
