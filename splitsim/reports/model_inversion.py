@@ -22,6 +22,9 @@ def _pct(value: float | None) -> str:
 def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
     """One example per class, like the paper's figures: originals above reconstructions."""
     rows = [("original (inference)", plots["originals"]), ("reconstructed", plots["inference"])]
+    for b, images in (plots.get("sweep") or {}).items():
+        if float(b) > 0:
+            rows.append((f"after-training noise b={b}", images))
     if plots.get("training") is not None:
         rows += [
             ("original (training)", plots["training_originals"]),
@@ -60,6 +63,28 @@ def plot_training(metrics: dict, path: Path) -> None:
     axes[1].set_ylabel("MSE (pixels in [0, 1])")
     axes[1].set_title("attacker's decoder")
     axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_noise_sweep(sweep: list[dict], path: Path) -> None:
+    """The paper's Figure 4 (accuracy against noise added after training) with what the same
+    noise leaves the attacker."""
+    scales = [row["scale"] for row in sweep]
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    ax.plot(scales, [100 * r["accuracy"] for r in sweep], "o-", label="task accuracy")
+    ax.plot(
+        scales,
+        [100 * r["reference_accuracy"] for r in sweep],
+        "s-",
+        label="reference classifier on reconstructions",
+    )
+    ax.set_xlabel("Laplace scale b added after training")
+    ax.set_ylabel("%")
+    ax.set_ylim(0, 102)
+    ax.legend(fontsize=8)
+    ax.set_title("Noise after training: utility against leakage", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -127,6 +152,16 @@ def markdown(scenario_name: str, results: dict) -> str:
         w(f"| {leak['psnr']:.1f} dB | {leak['ssim']:.3f} |\n")
     w("\nThe reference classifier is trained on MNIST images no one else uses; its accuracy on ")
     w("the reconstructions says how often the attacker recovers the digit.\n\n")
+    if m.get("noise_sweep"):
+        w("## Noise added after training (papers/003, Figures 2a and 4)\n\n")
+        w("The harness adds Laplace(0, b) to the test images' clean tensors, as the `laplace` ")
+        w("defence would, and asks the server's classifier and the attacker's decoder above.\n\n")
+        w("| b | task accuracy | reference classifier on reconstructions | MSE | SSIM |\n")
+        w("|---|---|---|---|---|\n")
+        for row in m["noise_sweep"]:
+            w(f"| {row['scale']:g} | {_pct(row['accuracy'])} ")
+            w(f"| {_pct(row['reference_accuracy'])} | {row['mse']:.4f} | {row['ssim']:.3f} |\n")
+        w("\n![noise sweep](noise_sweep.png)\n\n")
     w("![reconstructions](reconstructions.png)\n\n![training](training.png)\n\n")
     wire = m["wire"]
     w("## What crossed the boundary\n\n")
@@ -140,4 +175,6 @@ def write(folder: Path, scenario_name: str, results: dict, plots: dict) -> None:
     title = f"{scenario_name}: originals and reconstructions, defences: {_defences(results)}"
     plot_reconstructions(plots, folder / "reconstructions.png", title)
     plot_training(results["metrics"], folder / "training.png")
+    if results["metrics"].get("noise_sweep"):
+        plot_noise_sweep(results["metrics"]["noise_sweep"], folder / "noise_sweep.png")
     write_atomic(folder / "report.md", markdown(scenario_name, results))

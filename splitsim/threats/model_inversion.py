@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.attacks.model_inversion import reconstruct, train_decoder
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
@@ -47,7 +47,7 @@ from splitsim.reports import model_inversion as report
 from splitsim.runs import Run
 from splitsim.scenario import Scenario
 
-_TARGETS, _ATTACK = 70, 71
+_TARGETS, _ATTACK, _SWEEP = 70, 71, 72
 MNIST_TEST = 10_000
 
 
@@ -77,6 +77,10 @@ class ModelInversionServer:
             500, ge=0, description="images of the last training epoch to reconstruct"
         )
         dcor_samples: int = Field(5000, ge=32, description="test images for distance corr.")
+        noise_sweep: list[NonNegativeFloat] = Field(
+            [0.0, 0.1, 0.5, 1.0],
+            description="Laplace scales applied after training to the test tensors (Fig. 2a, 4)",
+        )
 
     stages = ("payload", "loss")
     models = {"split": "split_cnn"}
@@ -284,6 +288,19 @@ class ModelInversionServer:
                 leakage["training"] = _leakage(
                     judge, x_train[train_ids], recon_train, y_train[train_ids]
                 )
+            sweep, sweep_pictures = [], []
+            pictures = _one_per_class(truth)
+            for i, b in enumerate(p.noise_sweep):
+                noise_rng = np.random.default_rng(stream(scenario.seed, _SWEEP, i))
+                noisy = clean_z + noise_rng.laplace(0.0, b, clean_z.shape).astype(np.float32)
+                with torch.no_grad():
+                    pred = server_seg(torch.from_numpy(noisy)).argmax(1).numpy()
+                recon = reconstruct(decoder, noisy)
+                sweep.append(
+                    {"scale": b, "accuracy": accuracy(pred, truth)}
+                    | _leakage(judge, x_test[test_ids], recon, truth)
+                )
+                sweep_pictures.append(recon[pictures])
         client_records = sorted(
             {
                 f"{rec['name']}.{key}"
@@ -293,7 +310,6 @@ class ModelInversionServer:
                 for key in rec["entries"]
             }
         )
-        pictures = _one_per_class(truth)
         train_pictures = _one_per_class(y_train[train_ids]) if recon_train is not None else None
         return {
             "metrics": {
@@ -314,6 +330,7 @@ class ModelInversionServer:
                     "decoder_history": history,
                 },
                 "leakage": leakage,
+                "noise_sweep": sweep,
                 "training": {
                     "schedule": p.schedule,
                     "data_owners": clients,
@@ -335,6 +352,10 @@ class ModelInversionServer:
                 ),
                 "training": recon_train[train_pictures] if train_pictures is not None else None,
                 "labels": truth[pictures],
+                "sweep": {
+                    f"{b:g}": images
+                    for b, images in zip(p.noise_sweep, sweep_pictures, strict=True)
+                },
             },
         }
 
