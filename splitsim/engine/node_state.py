@@ -15,6 +15,7 @@ shared filesystem (see docs/split_learning.md).
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
@@ -29,9 +30,25 @@ _MAX_OPEN = 64
 
 
 def state_root() -> Path:
+    """A fresh folder for this run's node files. Folders left by runs whose process died (a
+    kill -9 skips our clean-up) are removed first: they hold data owners' models."""
     shm = Path("/dev/shm")
     base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
-    return Path(tempfile.mkdtemp(prefix="splitsim-nodes-", dir=base))
+    for stale in base.glob("splitsim-nodes-*-*"):
+        owner = stale.name.split("-")[2]
+        if owner.isdigit() and not _alive(int(owner)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"splitsim-nodes-{os.getpid()}-", dir=base))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class NodeState:
