@@ -77,6 +77,20 @@ def _config(phase: str, **values: int | str) -> ConfigRecord:
     return ConfigRecord({"phase": phase, **values})
 
 
+# Forward passes kept by this actor for the backward pass of the next message: when the same
+# actor serves a node's next message (often, not always) the batch is not run twice. Keyed by
+# the state object itself, so a re-opened state never back-propagates into stale parameters.
+_FORWARDS: dict[tuple[int, int], tuple[object, int, int, torch.Tensor]] = {}
+_MAX_FORWARDS = 16
+
+
+def _cached_forward(state: object, pid: int, rnd: int, step: int) -> torch.Tensor | None:
+    entry = _FORWARDS.pop((id(state), pid), None)
+    if entry is None or entry[0] is not state or entry[1:3] != (rnd, step):
+        return None
+    return entry[3]
+
+
 def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
     app = ClientApp()
     role = scenario.role.params
@@ -112,7 +126,9 @@ def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
             if "grad" in msg.content:
                 idx = order[(step - 1) * batch : step * batch]
                 x = torch.from_numpy(x_train[idx])
-                z = state.model(x)
+                z = _cached_forward(state, pid, rnd, step - 1)
+                if z is None:  # another actor ran the forward pass: run it again here
+                    z = state.model(x)
                 grad = torch.from_numpy(record_to_arrays(msg.content["grad"])["g"])
                 # The server's gradient carries the task loss; NoPeek adds the owner's own term.
                 loss = (z * grad).sum()
@@ -126,8 +142,11 @@ def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
                 content = RecordDict({"segment": arrays_to_record(state.weights())})
                 return Message(content, reply_to=msg)
             idx = order[step * batch : (step + 1) * batch]
-            with torch.no_grad():
-                z = state.model(torch.from_numpy(x_train[idx])).numpy()
+            z_graph = state.model(torch.from_numpy(x_train[idx]))
+            _FORWARDS[(id(state), pid)] = (state, rnd, step, z_graph)
+            while len(_FORWARDS) > _MAX_FORWARDS:
+                _FORWARDS.pop(next(iter(_FORWARDS)))
+            z = z_graph.detach().numpy().copy()
             training_noise = [
                 d
                 for d in chosen
