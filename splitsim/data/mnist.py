@@ -14,6 +14,7 @@ data owners' inference inputs are test images.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -81,6 +82,14 @@ def _emnist(root: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
     return x.astype(np.float32) / 255.0, ds.targets.numpy().astype(np.int64)
 
 
+@dataclass
+class AuxImages:
+    x: np.ndarray
+    y: np.ndarray
+    x_val: np.ndarray
+    names: tuple[str, ...]
+
+
 def aux_images(
     source: str,
     root: str,
@@ -89,13 +98,13 @@ def aux_images(
     classes: list[int] | None,
     seed: int,
     download: bool = False,
-) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+) -> AuxImages:
     """The attacker's own images: ``size`` to train its decoder, ``val_size`` to validate it.
 
     ``same``: MNIST 40,000-45,000 and 45,000-50,000, as in the paper. ``disjoint_classes``: the
     same ranges keeping only ``classes`` (so the attacker never saw the other digits).
     ``fashion_mnist`` and ``emnist``: a foreign prior (papers/003, Figure 1b), training images.
-    Returns train images, validation images and the class names of the source.
+    Returns training images with their labels, validation images and the source's class names.
     """
     if source in ("same", "disjoint_classes"):
         x, y = _load(MNIST, root, download, True)
@@ -119,4 +128,4 @@ def aux_images(
         names = tuple(chr(ord("a") + i) for i in range(26))
     else:
         raise ValueError(f"unknown auxiliary source {source!r}; allowed: {AUX_SOURCES}")
-    return x[train[:size]], x[val[:val_size]], names
+    return AuxImages(x[train[:size]], y[train[:size]], x[val[:val_size]], names)

@@ -175,7 +175,7 @@ def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
         if phase == "collude":
             from splitsim.data.mnist import aux_images
 
-            aux, val, _ = aux_images(
+            aux = aux_images(
                 "same",
                 scenario.dataset.params.root,
                 role.aux_size,
@@ -187,7 +187,7 @@ def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
             content = RecordDict(
                 {
                     "segment": arrays_to_record(state.weights()),
-                    "aux": arrays_to_record({"x": aux, "x_val": val}),
+                    "aux": arrays_to_record({"x": aux.x, "x_val": aux.x_val}),
                 }
             )
             return Message(content, reply_to=msg)

@@ -243,7 +243,7 @@ class ModelInversionServer:
             aux, val = outcome.colluder["x"], outcome.colluder["x_val"]
         else:
             segment_weights = outcome.client_weights
-            aux, val, _ = aux_images(
+            own = aux_images(
                 p.aux_data,
                 scenario.dataset.params.root,
                 p.aux_size,
@@ -252,6 +252,7 @@ class ModelInversionServer:
                 int_seed(scenario.seed, _ATTACK),
                 scenario.dataset.params.download,
             )
+            aux, val = own.x, own.x_val
         stolen, _ = split_parts(scenario)
         stolen.load_state_dict({k: torch.from_numpy(v) for k, v in segment_weights.items()})
         noise_scale = (
