@@ -331,7 +331,11 @@ def server_app(
                         z = torch.from_numpy(sent["z"]).requires_grad_(True)
                         y = labels_t[torch.from_numpy(sent["ids"])]
                         out = server(z)
-                        loss = loss_fn(out, y)
+                        # The published code of papers/003 ends f2 with a softmax and then
+                        # applies cross-entropy (a second softmax): weaker task gradients, so
+                        # NoPeek weighs more. Its Table 1 comes from that; we offer both.
+                        scores = out.softmax(1) if role.task_loss == "softmax_outputs" else out
+                        loss = loss_fn(scores, y)
                         optimizer.zero_grad()
                         loss.backward()
                         optimizer.step()

@@ -60,6 +60,11 @@ class ModelInversionServer:
         schedule: Literal["parallel", "sequential"] = Field(
             "parallel", description="SplitFed (all owners each step, FedAvg) or owners in turn"
         )
+        task_loss: Literal["cross_entropy", "softmax_outputs"] = Field(
+            "cross_entropy",
+            description="softmax_outputs: cross-entropy on softmax outputs, as the published "
+            "code of papers/003 (its Table 1) does",
+        )
         access: Literal["colluding", "stolen"] = Field(
             "colluding", description="Appendix A: a colluding owner, or the server alone"
         )
@@ -334,6 +339,7 @@ class ModelInversionServer:
                 "noise_sweep": sweep,
                 "training": {
                     "schedule": p.schedule,
+                    "task_loss": p.task_loss,
                     "data_owners": clients,
                     "train_samples": {str(k): v for k, v in outcome.train_samples.items()},
                     "round_trips": outcome.round_trips,
