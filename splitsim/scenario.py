@@ -224,6 +224,15 @@ def validate(data: Any, source: str) -> Scenario:
         _bind(plugin, MODELS, ("models", key), source)
     for i, defence in enumerate(scenario.defences):
         _bind(defence, DEFENCES, ("defences", i), source)
+        stage = DEFENCES.get(defence.name).stage
+        if stage not in role.stages:
+            allowed = [n for n, d in DEFENCES.items() if d.stage in role.stages]
+            raise ScenarioError(
+                source,
+                f"defences.{i}.name",
+                f"{defence.name!r} acts on {stage}, which role {scenario.role.name} does not "
+                f"have; allowed here: {', '.join(allowed)}",
+            )
     dataset_cls = DATASETS.get(scenario.dataset.name)
     if hasattr(dataset_cls, "check_available"):
         problem = dataset_cls.check_available(scenario.dataset.params)

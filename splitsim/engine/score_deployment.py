@@ -128,9 +128,7 @@ def server_app(
             if phase == "install":
                 content["official_model"] = state_to_record(official_state)
             msg = Message(content, dst_node_id=node, message_type="query")
-            wire.log(
-                round=rnd, phase=phase, sender="server", receiver=f"node:{node}", content=content
-            )
+            wire.to_node(rnd, phase, node, content)
             messages.append(msg)
 
         def logged(reply: Message) -> None:
@@ -140,13 +138,7 @@ def server_app(
                     {"node": node, "phase": phase, "error": reply.error.reason}
                 )
             else:
-                wire.log(
-                    round=rnd,
-                    phase=phase,
-                    sender=f"node:{node}",
-                    receiver="server",
-                    content=reply.content,
-                )
+                wire.from_node(rnd, phase, reply)
                 handle(reply)
             on_reply(phase)
 

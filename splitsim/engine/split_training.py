@@ -242,13 +242,7 @@ def server_app(
         messages = []
         for pid in sorted(contents):
             msg = Message(contents[pid], dst_node_id=node_of[pid], message_type="query")
-            wire.log(
-                round=rnd,
-                phase=phase,
-                sender="server",
-                receiver=f"node:{node_of[pid]}",
-                content=contents[pid],
-            )
+            wire.to_node(rnd, phase, node_of[pid], contents[pid])
             messages.append(msg)
         pid_of = {node: pid for pid, node in node_of.items()}
         replies: dict[int, Message] = {}
@@ -256,13 +250,7 @@ def server_app(
             node = reply.metadata.src_node_id
             if reply.has_error():
                 raise RuntimeError(f"node {node} failed in {phase}: {reply.error.reason}")
-            wire.log(
-                round=rnd,
-                phase=phase,
-                sender=f"node:{node}",
-                receiver="server",
-                content=reply.content,
-            )
+            wire.from_node(rnd, phase, reply)
             replies[pid_of.get(node, -1)] = reply
         outcome.round_trips += 1
         return replies

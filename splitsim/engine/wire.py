@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from flwr.app import ArrayRecord, RecordDict
+from flwr.app import ArrayRecord, Message, RecordDict
 
 
 def describe(content: RecordDict) -> tuple[list[dict[str, Any]], int]:
@@ -62,6 +62,21 @@ class WireLog:
             self.messages += 1
             self.bytes["from_clients" if sender != "server" else "to_clients"] += size
         return size
+
+    def to_node(self, round: int, phase: str, node: int, content: RecordDict) -> None:
+        self.log(
+            round=round, phase=phase, sender="server", receiver=f"node:{node}", content=content
+        )
+
+    def from_node(self, round: int, phase: str, reply: Message) -> None:
+        node = reply.metadata.src_node_id
+        self.log(
+            round=round,
+            phase=phase,
+            sender=f"node:{node}",
+            receiver="server",
+            content=reply.content,
+        )
 
     def close(self) -> None:
         self._file.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,21 @@ def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     if isinstance(data, list):
         return [(prefix, ";".join(str(v) for v in data))]
     return [(prefix, data)]
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
+
+
+def wire_section(wire: dict) -> str:
+    """report.md's last section, the same for every role: what crossed the trust boundary."""
+    return (
+        "## What crossed the boundary\n\n"
+        f"{wire['messages']} messages; {wire['bytes_to_clients']} bytes to clients, "
+        f"{wire['bytes_from_clients']} bytes from clients. Records sent by clients: "
+        + ", ".join(f"`{r}`" for r in wire["client_records"])
+        + " (see `wire.jsonl`).\n"
+    )
 
 
 def write(folder: Path, scenario_name: str, results: dict, plots: dict, role: Any) -> None:

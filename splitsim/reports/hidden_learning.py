@@ -12,13 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from splitsim.reports import pct, wire_section  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
 
 REGIMES = (("to_then_ts", "To-then-Ts"), ("to_and_ts", "To-and-Ts"), ("ts_only", "Ts-only"))
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def plot_secret_accuracy(metrics: dict, path: Path) -> None:
@@ -103,18 +100,18 @@ def console_table(metrics: dict) -> Table:
     table.add_column("quantity")
     table.add_column("value", justify="right")
     official = metrics["regimes"]["official"]
-    table.add_row("official accuracy, hidden N_o", _pct(official["hidden"]["accuracy"]))
-    table.add_row("official accuracy, honest N_o", _pct(official["honest"]["accuracy"]))
+    table.add_row("official accuracy, hidden N_o", pct(official["hidden"]["accuracy"]))
+    table.add_row("official accuracy, honest N_o", pct(official["honest"]["accuracy"]))
     table.add_row(
-        "official accuracy, deployed scores", _pct(metrics["deployment"]["official"]["accuracy"])
+        "official accuracy, deployed scores", pct(metrics["deployment"]["official"]["accuracy"])
     )
     for name, cell in metrics["regimes"]["secrets"].items():
         for key, label in REGIMES:
-            table.add_row(f"{name}: {label}", _pct(cell[key]))
+            table.add_row(f"{name}: {label}", pct(cell[key]))
         table.add_row(
-            f"{name}: deployed (Flower)", _pct(metrics["deployment"]["secrets"][name]["accuracy"])
+            f"{name}: deployed (Flower)", pct(metrics["deployment"]["secrets"][name]["accuracy"])
         )
-        table.add_row(f"{name}: chance", _pct(cell["chance"]))
+        table.add_row(f"{name}: chance", pct(cell["chance"]))
     table.add_row("records sent by clients", ", ".join(metrics["wire"]["client_records"]))
     return table
 
@@ -134,21 +131,18 @@ def markdown(scenario_name: str, results: dict) -> str:
     w("".join(f" {k} |" for k in labels) + "\n|---|---|" + "---|" * len(labels) + "\n")
     for which in ("hidden", "honest"):
         row = official[which]
-        w(f"| {which} N_o | {_pct(row['accuracy'])} |")
-        w(
-            "".join(f" {row[k]:.3f} |" if "auc" in k else f" {_pct(row[k])} |" for k in labels)
-            + "\n"
-        )
+        w(f"| {which} N_o | {pct(row['accuracy'])} |")
+        w("".join(f" {row[k]:.3f} |" if "auc" in k else f" {pct(row[k])} |" for k in labels) + "\n")
     dep = m["deployment"]["official"]
     w("\nScores as delivered through Flower (after the clients' defences): ")
-    w(f"accuracy {_pct(dep['accuracy'])}.\n\n## Secret tasks\n\n")
+    w(f"accuracy {pct(dep['accuracy'])}.\n\n## Secret tasks\n\n")
     w("| secret | To-then-Ts | To-and-Ts | Ts-only | deployed (Flower) | chance |\n")
     w("|---|---|---|---|---|---|\n")
     for name, cell in m["regimes"]["secrets"].items():
         deployed = m["deployment"]["secrets"][name]["accuracy"]
-        w(f"| {name} | {_pct(cell['to_then_ts'])} | {_pct(cell['to_and_ts'])} ")
-        w(f"| {_pct(cell['ts_only'])} ")
-        w(f"| {_pct(deployed)} | {_pct(cell['chance'])} |\n")
+        w(f"| {name} | {pct(cell['to_then_ts'])} | {pct(cell['to_and_ts'])} ")
+        w(f"| {pct(cell['ts_only'])} ")
+        w(f"| {pct(deployed)} | {pct(cell['chance'])} |\n")
     w("\nTo-then-Ts is the black-box attacker on an honest network; To-and-Ts the hidden-learning ")
     w("supplier; Ts-only the upper bound (papers/001, Table 1).\n\n")
     w("![secret accuracy](secret_accuracy.png)\n\n")
@@ -158,15 +152,11 @@ def markdown(scenario_name: str, results: dict) -> str:
         w("| secret | sigma | official (mean ± std) | secret (mean ± std) |\n|---|---|---|---|\n")
         for name, rows in m["robustness"].items():
             for r in rows:
-                w(f"| {name} | {r['sigma']:g} | {_pct(r['official_mean'])} ")
+                w(f"| {name} | {r['sigma']:g} | {pct(r['official_mean'])} ")
                 w(f"± {100 * r['official_std']:.1f} ")
-                w(f"| {_pct(r['secret_mean'])} ± {100 * r['secret_std']:.1f} |\n")
+                w(f"| {pct(r['secret_mean'])} ± {100 * r['secret_std']:.1f} |\n")
         w("\n![robustness](robustness.png)\n\n")
-    wire = m["wire"]
-    w("## What crossed the boundary\n\n")
-    w(f"{wire['messages']} messages; {wire['bytes_to_clients']} bytes to clients, ")
-    w(f"{wire['bytes_from_clients']} bytes from clients. Records sent by clients: ")
-    w(", ".join(f"`{r}`" for r in wire["client_records"]) + " (see `wire.jsonl`).\n")
+    w(wire_section(m["wire"]))
     return out.getvalue()
 
 

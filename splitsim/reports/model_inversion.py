@@ -12,11 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
+from splitsim.reports import pct, wire_section  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None or not np.isfinite(value) else f"{100 * value:.1f}%"
 
 
 def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
@@ -105,11 +102,11 @@ def console_table(metrics: dict) -> Table:
     table.add_column("quantity")
     table.add_column("value", justify="right")
     u, d = metrics["utility"], metrics["distance_correlation"]
-    table.add_row("task accuracy (as deployed)", _pct(u["accuracy"]))
+    table.add_row("task accuracy (as deployed)", pct(u["accuracy"]))
     table.add_row("distance correlation (input, intermediate)", f"{d['mean']:.3f} ± {d['se']:.3f}")
     for where, leak in metrics["leakage"].items():
         table.add_row(
-            f"{where}: reference classifier on reconstructions", _pct(leak["reference_accuracy"])
+            f"{where}: reference classifier on reconstructions", pct(leak["reference_accuracy"])
         )
         table.add_row(
             f"{where}: MSE / PSNR / SSIM",
@@ -130,9 +127,9 @@ def markdown(scenario_name: str, results: dict) -> str:
     w(f"defences: {_defences(results)}.\n\n")
     w("## Utility and distance correlation (papers/003, Table 1)\n\n")
     w("| quantity | value |\n|---|---|\n")
-    w(f"| task accuracy, as deployed ({u['test_images']} test images) | {_pct(u['accuracy'])} |\n")
+    w(f"| task accuracy, as deployed ({u['test_images']} test images) | {pct(u['accuracy'])} |\n")
     w("| task accuracy without the inference-time noise | ")
-    w(f"{_pct(u['accuracy_without_inference_noise'])} |\n")
+    w(f"{pct(u['accuracy_without_inference_noise'])} |\n")
     w(f"| distance correlation, mean ± s.e. over {d['batches']} batches | ")
     w(f"{d['mean']:.3f} ± {d['se']:.3f} |\n\n")
     w("## The attack\n\n")
@@ -147,8 +144,8 @@ def markdown(scenario_name: str, results: dict) -> str:
     w("| MSE | PSNR | SSIM |\n")
     w("|---|---|---|---|---|---|---|\n")
     for where, leak in m["leakage"].items():
-        w(f"| {where} | {leak['images']} | {_pct(leak['reference_accuracy'])} ")
-        w(f"| {_pct(leak['reference_accuracy_on_originals'])} | {leak['mse']:.4f} ")
+        w(f"| {where} | {leak['images']} | {pct(leak['reference_accuracy'])} ")
+        w(f"| {pct(leak['reference_accuracy_on_originals'])} | {leak['mse']:.4f} ")
         w(f"| {leak['psnr']:.1f} dB | {leak['ssim']:.3f} |\n")
     w("\nThe reference classifier is trained on MNIST images no one else uses; its accuracy on ")
     w("the reconstructions says how often the attacker recovers the digit.\n\n")
@@ -159,15 +156,11 @@ def markdown(scenario_name: str, results: dict) -> str:
         w("| b | task accuracy | reference classifier on reconstructions | MSE | SSIM |\n")
         w("|---|---|---|---|---|\n")
         for row in m["noise_sweep"]:
-            w(f"| {row['scale']:g} | {_pct(row['accuracy'])} ")
-            w(f"| {_pct(row['reference_accuracy'])} | {row['mse']:.4f} | {row['ssim']:.3f} |\n")
+            w(f"| {row['scale']:g} | {pct(row['accuracy'])} ")
+            w(f"| {pct(row['reference_accuracy'])} | {row['mse']:.4f} | {row['ssim']:.3f} |\n")
         w("\n![noise sweep](noise_sweep.png)\n\n")
     w("![reconstructions](reconstructions.png)\n\n![training](training.png)\n\n")
-    wire = m["wire"]
-    w("## What crossed the boundary\n\n")
-    w(f"{wire['messages']} messages; {wire['bytes_to_clients']} bytes to clients, ")
-    w(f"{wire['bytes_from_clients']} bytes from clients. Records sent by clients: ")
-    w(", ".join(f"`{r}`" for r in wire["client_records"]) + " (see `wire.jsonl`).\n")
+    w(wire_section(m["wire"]))
     return out.getvalue()
 
 

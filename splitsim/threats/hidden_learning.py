@@ -37,7 +37,7 @@ from splitsim.engine.simulation import resolve_device, simulate
 from splitsim.engine.wire import WireLog
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, majority_rate
-from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES
+from splitsim.registry import DATASETS, MODELS, ROLES
 from splitsim.reports import hidden_learning as report
 from splitsim.runs import Run
 from splitsim.scenario import Scenario, dataset_spec
@@ -78,15 +78,6 @@ class HiddenLearningSupplier:
                     f"allowed: {', '.join(known)}",
                 )
         for i, spec in enumerate(scenario.defences):
-            stage = DEFENCES.get(spec.name).stage
-            if stage not in cls.stages:
-                allowed = [n for n, d in DEFENCES.items() if d.stage in cls.stages]
-                raise ScenarioError(
-                    source,
-                    f"defences.{i}.name",
-                    f"{spec.name!r} acts on {stage}, which role hidden_learning does not have; "
-                    f"allowed here: {', '.join(allowed)}",
-                )
             if getattr(spec.params, "during_training", False):
                 raise ScenarioError(
                     source,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from splitsim.attacks.model_inversion import reconstruct, train_decoder
+from splitsim.attacks.model_inversion import intermediates, reconstruct, train_decoder
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
 from splitsim.data.score_data import int_seed, stream
 from splitsim.engine.node_state import state_root
@@ -42,7 +42,7 @@ from splitsim.engine.wire import read as read_wire
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, distance_correlation_batches, image_quality
 from splitsim.reference_classifier import predict, reference_classifier
-from splitsim.registry import DATASETS, DEFENCES, ROLES
+from splitsim.registry import DATASETS, ROLES
 from splitsim.reports import model_inversion as report
 from splitsim.runs import Run
 from splitsim.scenario import Scenario
@@ -146,16 +146,6 @@ class ModelInversionServer:
             raise ScenarioError(
                 source, "deployment.users", f"at most {MNIST_TEST} (the MNIST test images)"
             )
-        for i, spec in enumerate(scenario.defences):
-            stage = DEFENCES.get(spec.name).stage
-            if stage not in cls.stages:
-                allowed = [n for n, d in DEFENCES.items() if d.stage in cls.stages]
-                raise ScenarioError(
-                    source,
-                    f"defences.{i}.name",
-                    f"{spec.name!r} acts on {stage}, which role model_inversion does not have; "
-                    f"allowed here: {', '.join(allowed)}",
-                )
 
     @staticmethod
     def run(scenario: Scenario, run: Run) -> dict:
@@ -231,13 +221,13 @@ class ModelInversionServer:
         server_seg.eval()
         with torch.no_grad():
             deployed_pred = server_seg(torch.from_numpy(z_infer)).argmax(1).numpy()
-        clean_z = _intermediates(client_seg, x_test[test_ids])
+        clean_z = intermediates(client_seg, x_test[test_ids])
         with torch.no_grad():
             clean_pred = server_seg(torch.from_numpy(clean_z)).argmax(1).numpy()
         n_dcor = min(p.dcor_samples, len(x_test))
         dcor_x = x_test[:n_dcor]
         dcor_stats = distance_correlation_batches(
-            dcor_x, _intermediates(client_seg, dcor_x), t.batch_size
+            dcor_x, intermediates(client_seg, dcor_x), t.batch_size
         )
 
         # 3. the attack
@@ -365,12 +355,6 @@ class ModelInversionServer:
                 },
             },
         }
-
-
-def _intermediates(segment: torch.nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
-    from splitsim.attacks.model_inversion import intermediates
-
-    return intermediates(segment, x, batch)
 
 
 def _leakage(judge: torch.nn.Module, x: np.ndarray, recon: np.ndarray, y: np.ndarray) -> dict:
