@@ -1,4 +1,4 @@
-"""``python -m splitsim run|list``: one scenario file, one command, one run folder."""
+"""``python -m splitsim run|compare|list|fetch``: one scenario file, one command, one folder."""
 
 from __future__ import annotations
 
@@ -28,6 +28,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--out", default=None, help="folder for runs (default: the scenario's output_dir)"
+    )
+    compare = sub.add_parser(
+        "compare", help="run a defence x attacker-role matrix; resumes where it stopped"
+    )
+    compare.add_argument("matrix", help="path to a matrix YAML file")
+    compare.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a matrix field, e.g. seeds=[0,1]",
+    )
+    compare.add_argument(
+        "--out", default=None, help="folder (default: <output_dir>/<matrix name>/)"
     )
     sub.add_parser("list", help="name the roles, defences, datasets and models that exist")
     fetch = sub.add_parser("fetch", help="install real datasets offline (idempotent)")
@@ -77,6 +92,34 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
+    from splitsim.matrix.spec import expand, load_matrix
+
+    matrix = load_matrix(args.matrix, args.overrides)
+    cells = expand(matrix, args.matrix)  # every cell checked before anything runs
+
+    from splitsim.matrix.runner import run_cells
+    from splitsim.reports import matrix as report
+
+    out = Path(args.out or Path(matrix.output_dir) / matrix.name).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    na = sum(c.scenario is None for c in cells)
+    console.print(
+        f"[bold]{matrix.name}[/bold]: {len(cells)} cells ({na} n/a), "
+        f"{len({c.id for c in cells if c.id})} to compute or read back; folder {out}"
+    )
+    records = run_cells(matrix, cells, out, console)
+    table = report.write(out, matrix, cells, records)
+    failed = [r for r in table if r["status"] in ("failed", "not run")]
+    console.print(f"matrix: [bold]{out / 'matrix.csv'}[/bold]; report: {out / 'report.html'}")
+    if failed:
+        console.print(f"[red]{len(failed)} cell(s) failed[/red]; see matrix.csv and logs/")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     console = Console(stderr=False)
@@ -89,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.names:
                 console.print(f"{name}: {fetch(args.root, name)}")
             return EXIT_OK
+        if args.command == "compare":
+            return cmd_compare(args, console)
         return cmd_run(args, console)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)

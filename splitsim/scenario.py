@@ -62,6 +62,9 @@ class Engine(Strict):
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client actor")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     messages_per_batch: int = Field(100, ge=1, description="messages per send_and_receive call")
+    ray_cpus: int | None = Field(
+        None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
+    )
 
 
 class Tasks(Strict):
@@ -244,6 +247,13 @@ def validate(data: Any, source: str) -> Scenario:
             "deployment.users",
             f"must be at least deployment.clients ({scenario.deployment.clients}): "
             "every client holds one or more users",
+        )
+    engine = scenario.engine
+    if engine.ray_cpus is not None and engine.num_cpus > engine.ray_cpus:
+        raise ScenarioError(
+            source,
+            "engine.num_cpus",
+            f"a client actor cannot have more CPUs than engine.ray_cpus ({engine.ray_cpus})",
         )
     role.check(scenario, source)
     return scenario

@@ -10,10 +10,11 @@ with the mean squared error ``min_g E_x ||g(f1(x)) - x||^2`` over the attacker's
 the attacker's validation images. How the server gets f1 and its images is Appendix A's
 (colluding data owner, or a segment obtained alone); see threats/model_inversion.py.
 
-An *adaptive* attacker knows the data owners add Laplace(0, b) noise and trains on
-``f1(x) + n``, fresh noise every batch, so the decoder learns to see through it.
+An *adaptive* attacker knows the data owners' payload defences (Laplace(0, b) noise, rounding,
+...) and trains on defended tensors, e.g. ``f1(x) + n`` with fresh noise every batch, so the
+decoder learns to see through them.
 
-    >>> decoder, history = train_decoder(segment, aux, val, noise_scale=0.0, epochs=10, ...)
+    >>> decoder, history = train_decoder(segment, aux, val, defend=None, epochs=10, ...)
     >>> images = reconstruct(decoder, received_z)
 """
 
@@ -43,7 +44,7 @@ def train_decoder(
     aux: np.ndarray,
     val: np.ndarray,
     *,
-    noise_scale: float,
+    defend: Callable[[np.ndarray], np.ndarray] | None,
     epochs: int,
     batch_size: int,
     lr: float,
@@ -52,16 +53,16 @@ def train_decoder(
     deep: bool = False,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Fit g: z -> x on (f1(x) [+ Laplace noise], x); keep the epoch with the best val MSE."""
+    """Fit g: z -> x on (f1(x), x), or on (defend(f1(x)), x) for an adaptive attacker (fresh
+    draws every batch); keep the epoch with the best validation MSE."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     z_aux = torch.from_numpy(intermediates(segment, aux))
     z_val = torch.from_numpy(intermediates(segment, val))
     x_aux = torch.from_numpy(aux)
-    noisy = noise_scale > 0
-    if noisy:
-        # One fixed noisy copy of the validation set, so epochs are compared on equal terms.
-        z_val = z_val + _laplace(z_val.shape, noise_scale, generator)
+    if defend is not None:
+        # One fixed defended copy of the validation set, so epochs are compared on equal terms.
+        z_val = torch.from_numpy(defend(z_val.numpy()))
     decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:]), deep).to(device)
     optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
     best, best_state, history = float("inf"), None, []
@@ -72,8 +73,8 @@ def train_decoder(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             z = z_aux[idx]
-            if noisy:
-                z = z + _laplace(z.shape, noise_scale, generator)
+            if defend is not None:
+                z = torch.from_numpy(defend(z.numpy()))
             loss = ((decoder(z.to(device)) - x_aux[idx].to(device)) ** 2).mean()
             optimizer.zero_grad()
             loss.backward()
@@ -90,12 +91,6 @@ def train_decoder(
     if best_state is not None:
         decoder.load_state_dict(best_state)
     return decoder.cpu(), history
-
-
-def _laplace(shape: torch.Size, scale: float, generator: torch.Generator) -> torch.Tensor:
-    # Inverse-CDF sampling with our generator, so the attack is reproducible from its seed.
-    u = torch.rand(shape, generator=generator) - 0.5
-    return -scale * torch.sign(u) * torch.log1p(-2 * u.abs())
 
 
 def reconstruct(decoder: nn.Module, z: np.ndarray, device: str = "cpu", batch: int = 1000):

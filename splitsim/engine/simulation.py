@@ -25,9 +25,12 @@ def resolve_device(engine: Engine) -> str:
 
 
 def backend_config(engine: Engine) -> dict:
+    init_args: dict = {"log_to_driver": False, "include_dashboard": False}
+    if engine.ray_cpus is not None:
+        init_args["num_cpus"] = engine.ray_cpus
     return {
         "client_resources": {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus},
-        "init_args": {"log_to_driver": False, "include_dashboard": False},
+        "init_args": init_args,
     }
 
 

@@ -136,9 +136,10 @@ def markdown(scenario_name: str, results: dict) -> str:
     w(f"The server got the data owners' segment by **{a['access']}** access and trained its ")
     w(f"decoder on {a['aux_size']} **{a['aux_data']}** images")
     w(
-        f", adaptively (Laplace b = {a['noise_scale_known']:g} known).\n\n"
-        if a["adaptive"]
-        else " (not adaptive: it does not model the owners' noise).\n\n"
+        f", adaptively, on tensors defended with {', '.join(a['defences_known'])} as the "
+        "owners defend theirs.\n\n"
+        if a["defences_known"]
+        else " (not adaptive: it does not model the owners' defences).\n\n"
     )
     w("| tensors reconstructed | images | reference classifier | on originals ")
     w("| MSE | PSNR | SSIM |\n")

@@ -20,12 +20,14 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.attacks.hidden_learning import (
+    adapt_to_defences,
     official_quality,
     predict_scores,
     regime_metrics,
     train_supplier,
     weight_noise_robustness,
 )
+from splitsim.defences import build as build_defences
 from splitsim.engine.score_deployment import (
     Received,
     client_app,
@@ -57,10 +59,42 @@ class HiddenLearningSupplier:
         model_config = ConfigDict(extra="forbid")
         secrets: list[str] | None = Field(None, min_length=1, description="default: all")
         robustness: Robustness = Robustness()
+        adaptive: bool = Field(
+            False,
+            description="the supplier knows the owners' defences and fine-tunes N_s on "
+            "equally defended scores of its own records before deployment",
+        )
+        adaptive_epochs: int = Field(10, ge=1, description="fine-tuning epochs when adaptive")
 
     stages = ("payload", "weights")
     models = {"official": "health_mlp", "secret": "secret_mlp"}
     report = report
+    adaptive_override = "role.adaptive=true"
+
+    @staticmethod
+    def summary(metrics: dict) -> dict:
+        """The comparison matrix's numbers: the deployed official accuracy; leakage as the
+        server's secret-decoding accuracy on the clients' scores, averaged over secrets
+        (headline), then per secret, each beside the majority-class rate it would get blind."""
+        deployed = metrics["deployment"]
+        secrets = deployed["secrets"]
+        per_secret = [
+            {"name": f"{name} accuracy", "value": s["accuracy"], "chance": s["chance"]}
+            for name, s in sorted(secrets.items())
+        ]
+        mean = {
+            "name": "secret accuracy",
+            "value": float(np.mean([s["accuracy"] for s in secrets.values()])),
+            "chance": float(np.mean([s["chance"] for s in secrets.values()])),
+        }
+        return {
+            "utility": {
+                "name": "official accuracy",
+                "value": deployed["official"]["accuracy"],
+                "chance": deployed.get("official_chance"),
+            },
+            "leakage": [mean, *per_secret] if len(per_secret) > 1 else per_secret,
+        }
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
@@ -129,6 +163,22 @@ class HiddenLearningSupplier:
                         models, test, name, noise.sigmas, noise.injections, scenario.seed
                     )
                     advance()
+        adaptation: list[dict[str, float]] = []
+        chosen = build_defences(scenario.defences)
+        if scenario.role.params.adaptive and chosen:
+            epochs = scenario.role.params.adaptive_epochs
+            with run.phase("adaptive supplier", epochs) as advance:
+                adaptation = adapt_to_defences(
+                    models,
+                    train,
+                    chosen,
+                    epochs=epochs,
+                    batch_size=t.batch_size,
+                    lr=t.lr,
+                    validation_fraction=t.validation_fraction,
+                    seed=scenario.seed,
+                    on_epoch=advance,
+                )
         torch.save(
             {
                 "official_hidden": models.hidden.official.state_dict(),
@@ -192,6 +242,7 @@ class HiddenLearningSupplier:
                 "clients": clients,
                 "users": int(len(seen["scores"])),
                 "official": official_quality(seen["scores"], official_truth, spec.official),
+                "official_chance": _official_chance(official_truth),
                 "secrets": {},
                 "failures": received.failures,
             }
@@ -216,6 +267,7 @@ class HiddenLearningSupplier:
             "metrics": {
                 "regimes": regimes,
                 "robustness": robustness,
+                "adaptation": adaptation,
                 "deployment": deployed,
                 "wire": {
                     "messages": wire.messages,
@@ -231,6 +283,13 @@ class HiddenLearningSupplier:
                 "official_names": list(spec.official.names),
             },
         }
+
+
+def _official_chance(y: np.ndarray) -> float:
+    """Accuracy of always answering the most frequent value (per label for multilabel)."""
+    if y.ndim == 1:
+        return majority_rate(y)
+    return float(np.mean([majority_rate(y[:, j]) for j in range(y.shape[1])]))
 
 
 def _wire_lines(run: Run) -> list[dict]:

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 from splitsim.attacks.model_inversion import intermediates, reconstruct, train_decoder
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
 from splitsim.data.score_data import int_seed, stream
+from splitsim.defences import apply_stage
+from splitsim.defences import build as build_defences
 from splitsim.engine.node_state import state_root
 from splitsim.engine.simulation import resolve_device, simulate
 from splitsim.engine.split_training import (
@@ -40,9 +42,14 @@ from splitsim.engine.split_training import (
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import read as read_wire
 from splitsim.errors import ScenarioError
-from splitsim.metrics import accuracy, distance_correlation_batches, image_quality
+from splitsim.metrics import (
+    accuracy,
+    distance_correlation_batches,
+    image_quality,
+    majority_rate,
+)
 from splitsim.reference_classifier import predict, reference_classifier
-from splitsim.registry import DATASETS, ROLES
+from splitsim.registry import DATASETS, DEFENCES, ROLES
 from splitsim.reports import model_inversion as report
 from splitsim.runs import Run
 from splitsim.scenario import Scenario
@@ -90,6 +97,26 @@ class ModelInversionServer:
     stages = ("payload", "loss")
     models = {"split": "split_cnn"}
     report = report
+    adaptive_override = "role.adaptive=true"
+
+    @staticmethod
+    def summary(metrics: dict) -> dict:
+        """The comparison matrix's numbers: task accuracy; leakage as the reference
+        classifier's accuracy on inference-time reconstructions (headline), their SSIM and the
+        distance correlation, each with its no-information level where one exists."""
+        chance = metrics["utility"].get("chance")
+        inference = metrics["leakage"]["inference"]
+        return {
+            "utility": {"name": "task accuracy", "value": metrics["utility"]["accuracy"],
+                        "chance": chance},
+            "leakage": [
+                {"name": "reference accuracy on reconstructions",
+                 "value": inference["reference_accuracy"], "chance": chance},
+                {"name": "SSIM", "value": inference["ssim"], "chance": 0.0},
+                {"name": "distance correlation",
+                 "value": metrics["distance_correlation"]["mean"], "chance": 0.0},
+            ],
+        }  # fmt: skip
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
@@ -250,17 +277,20 @@ class ModelInversionServer:
             aux, val = own.x, own.x_val
         stolen, _ = split_parts(scenario)
         stolen.load_state_dict({k: torch.from_numpy(v) for k, v in segment_weights.items()})
-        noise_scale = (
-            sum(s.params.scale for s in scenario.defences if s.name == "laplace")
-            if p.adaptive
-            else 0.0
-        )
+        known = [d for d in build_defences(scenario.defences) if d.stage == "payload"]
+        defend = None
+        if p.adaptive and known:
+            defence_rng = np.random.default_rng(stream(scenario.seed, _ATTACK, 1))
+
+            def defend(z: np.ndarray) -> np.ndarray:
+                return apply_stage(known, "payload", z, defence_rng)
+
         with run.phase("attacker's decoder", p.decoder_epochs) as advance:
             decoder, history = train_decoder(
                 stolen,
                 aux,
                 val,
-                noise_scale=noise_scale,
+                defend=defend,
                 epochs=p.decoder_epochs,
                 batch_size=t.batch_size,
                 lr=t.lr,
@@ -312,6 +342,7 @@ class ModelInversionServer:
                 "utility": {
                     "accuracy": accuracy(deployed_pred, truth),
                     "accuracy_without_inference_noise": accuracy(clean_pred, truth),
+                    "chance": majority_rate(truth),
                     "test_images": len(truth),
                     "history": outcome.history,
                 },
@@ -322,7 +353,11 @@ class ModelInversionServer:
                     "aux_size": len(aux),
                     "adaptive": p.adaptive,
                     "decoder": p.decoder,
-                    "noise_scale_known": noise_scale,
+                    "defences_known": [
+                        spec.name
+                        for spec in scenario.defences
+                        if defend is not None and DEFENCES.get(spec.name).stage == "payload"
+                    ],
                     "decoder_history": history,
                 },
                 "leakage": leakage,

@@ -1,0 +1,198 @@
+"""Run a matrix's cells as Ray tasks, each a ``splitsim run`` of the cell's scenario in its own
+process, and keep every finished cell so an interrupted comparison resumes.
+
+Why a process per cell: a cell's Flower simulation starts its own Ray runtime and its own actors;
+inside a Ray worker that would attach to (and, when it shuts down, tear down) the matrix's
+runtime. In a child process with the cell's CPUs as its Ray's whole budget
+(``engine.ray_cpus``) and the same number of torch threads, the cells never ask for more cores
+than their Ray tasks hold, so the machine is not over-subscribed. A child dies with its task
+(``PR_SET_PDEATHSIG``), so killing the comparison leaves no orphan behind.
+
+A finished cell is written by its task, atomically, to ``cells/<id>.json`` before the driver
+hears of it; a rerun reads those back and runs only the rest. A failed cell is recorded with its
+error and tried again on the next run.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from splitsim.matrix.spec import Cell, Matrix
+from splitsim.runs import write_atomic, write_json
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def _child_env(cpus: int, numba_cache: Path) -> dict[str, str]:
+    # A Ray worker's environment points at the matrix's runtime; the cell must start its own.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # Numba's on-disk cache (dcor's kernels) is not safe to fill from two processes at once
+    # (seen here: "LLVM ERROR: Symbol not found"); each worker slot keeps its own.
+    env["NUMBA_CACHE_DIR"] = str(numba_cache)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[var] = str(cpus)
+    env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
+    return env
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith(("error:", "RuntimeError", "Error"))]
+    return (errors or lines or ["no output"])[-1][:500]
+
+
+def execute_cell(
+    cell_id: str, role: str, scenario: dict, out: str, cpus: int, slot: int = 0
+) -> dict:
+    """Run one cell to completion (in a Ray task) and write its record; returns the record."""
+    import splitsim.plugins  # noqa: F401
+    from splitsim.registry import ROLES
+
+    root = Path(out)
+    (root / "cells").mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    scenario_file = root / "cells" / f"{cell_id}.yaml"
+    write_atomic(scenario_file, yaml.safe_dump(scenario, sort_keys=False))
+    runs = root / "runs"
+    log = root / "logs" / f"{cell_id}.log"
+    started = time.perf_counter()
+    cmd = [sys.executable, "-m", "splitsim", "run", str(scenario_file), "--out", str(runs)]
+    with open(log, "w") as handle:
+        code = subprocess.call(
+            cmd,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=_child_env(cpus, root / ".numba" / f"slot{slot}"),
+            preexec_fn=_die_with_parent,
+        )
+    wall = round(time.perf_counter() - started, 1)
+    record: dict = {"id": cell_id, "wall_s": wall, "log": str(log.relative_to(root))}
+    folders = sorted(
+        f for f in (runs / scenario["name"]).glob("2*") if (f / "results.json").exists()
+    )
+    if code == 0 and folders:
+        results = json.loads((folders[-1] / "results.json").read_text())
+        record |= {
+            "status": "ok",
+            "run_folder": str(folders[-1].relative_to(root)),
+            "summary": ROLES.get(role).summary(results["metrics"]),
+        }
+        write_json(root / "cells" / f"{cell_id}.json", record)
+    else:
+        record |= {
+            "status": "failed",
+            "error": f"exit {code}: {_last_line(log.read_text())}",
+        }
+        write_json(root / "cells" / f"{cell_id}.failed.json", record)
+    return record
+
+
+def read_back(out: Path, cell_id: str) -> dict | None:
+    path = out / "cells" / f"{cell_id}.json"
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) -> dict[str, dict]:
+    """Records of every runnable cell by id: read back where finished, else computed."""
+    records: dict[str, dict] = {}
+    todo: dict[str, Cell] = {}
+    for cell in cells:
+        if cell.scenario is None or cell.id in records or cell.id in todo:
+            continue
+        old = read_back(out, cell.id)
+        if old is not None:
+            records[cell.id] = old
+            console.print(f"read back  {cell.key}  ({cell.id})", highlight=False)
+        else:
+            todo[cell.id] = cell
+    if not todo:
+        return records
+    import ray
+
+    from splitsim.engine.simulation import quiet_flower
+
+    quiet_flower()
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(
+            address=matrix.ray_address,
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+    try:
+        task = ray.remote(execute_cell).options(
+            num_cpus=matrix.cpus_per_cell, num_gpus=matrix.gpus_per_cell, max_retries=0
+        )
+        capacity = int(ray.cluster_resources().get("CPU", 1) // matrix.cpus_per_cell)
+        workers = max(1, min(matrix.workers or capacity, capacity))
+        console.print(
+            f"{len(todo)} cells to run, {len(records)} read back; {workers} at once "
+            f"({matrix.cpus_per_cell} CPU each)",
+            highlight=False,
+        )
+        queue = list(todo.values())
+        running: dict = {}
+        free_slots = list(range(workers))
+        progress = Progress(
+            TextColumn("[bold]cells[/bold] {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        )
+        with progress:
+            bar = progress.add_task("", total=len(queue))
+
+            def show() -> None:
+                done = len(todo) - len(queue) - len(running)
+                progress.update(
+                    bar,
+                    completed=done,
+                    description=f"done {done}, running {len(running)}, left {len(queue)}",
+                )
+
+            while queue or running:
+                while queue and len(running) < workers:
+                    cell = queue.pop(0)
+                    slot = free_slots.pop(0)
+                    ref = task.remote(
+                        cell.id, cell.role, cell.scenario, str(out), matrix.cpus_per_cell, slot
+                    )
+                    running[ref] = (cell, slot)
+                show()
+                ready, _ = ray.wait(list(running), num_returns=1)
+                for ref in ready:
+                    cell, slot = running.pop(ref)
+                    free_slots.append(slot)
+                    try:
+                        record = ray.get(ref)
+                    except Exception as err:  # the task itself died (worker lost, ...)
+                        record = {"id": cell.id, "status": "failed", "error": str(err)[:500]}
+                    records[cell.id] = record
+                    status = record["status"]
+                    progress.console.print(
+                        f"{status:<9} {cell.key}  ({cell.id}, {record.get('wall_s', '?')} s)"
+                        + (f": {record['error']}" if status == "failed" else ""),
+                        highlight=False,
+                    )
+                show()
+    finally:
+        if started_here:
+            ray.shutdown()
+    return records

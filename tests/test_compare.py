@@ -1,0 +1,242 @@
+"""``python -m splitsim compare`` on a small matrix through the real engine: both roles, a
+defence that applies to both, one that applies to one (n/a for the other), both attackers; then
+a comparison killed with SIGKILL half-way and resumed, which must read finished cells back and
+end with the same matrix."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from splitsim.cli import main
+from splitsim.matrix.score import defence_score, pareto_front
+
+ROOT = Path(__file__).resolve().parents[1]
+HIDDEN = {
+    "scenario": str(ROOT / "scenarios" / "hidden_covid_app.yaml"),
+    "set": [
+        "dataset.train_records=4000",
+        "dataset.test_records=500",
+        "training.epochs=10",
+        "deployment.clients=2",
+        "deployment.users=400",
+        "role.adaptive_epochs=3",
+    ],
+}
+INVERSION = {
+    "scenario": str(ROOT / "scenarios" / "mnist_inversion.yaml"),
+    "set": [
+        "dataset.train_limit=1200",
+        "training.epochs=1",
+        "deployment.clients=2",
+        "deployment.users=300",
+        "role.aux_size=1000",
+        "role.val_size=200",
+        "role.decoder_epochs=4",
+        "role.training_targets=64",
+        "role.dcor_samples=96",
+        "role.noise_sweep=[0.0]",
+    ],
+}
+DEFENCES = [
+    {"label": "none", "use": []},
+    {"label": "laplace 1.0", "use": [{"name": "laplace", "scale": 1.0}]},
+    {"label": "weight noise", "use": [{"name": "weight_noise", "sigma": 0.3}]},
+]
+
+
+def write_matrix(path: Path, roles: list[dict], defences: list[dict] = DEFENCES) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "description": "test matrix",
+                "roles": roles,
+                "defences": defences,
+                "attackers": ["non_adaptive", "adaptive"],
+                "seeds": [0],
+            }
+        )
+    )
+    return path
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def without_wall_time(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "wall_s"} for row in rows]
+
+
+@pytest.fixture(scope="module")
+def matrix(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("compare")
+    path = write_matrix(tmp / "matrix.yaml", [HIDDEN, INVERSION])
+    out = tmp / "out"
+    assert main(["compare", str(path), "--out", str(out)]) == 0
+    return out
+
+
+def cell(rows: list[dict], role: str, defence: str, attacker: str) -> dict:
+    (row,) = [
+        r for r in rows if (r["role"], r["defence"], r["attacker"]) == (role, defence, attacker)
+    ]
+    return row
+
+
+def test_matrix_has_every_cell_with_n_a_reasons(matrix):
+    rows = read_csv(matrix / "matrix.csv")
+    assert len(rows) == 2 * 3 * 2
+    na = [r for r in rows if r["status"] == "n/a"]
+    assert {(r["role"], r["defence"]) for r in na} == {("model_inversion", "weight noise")}
+    assert all("weights" in r["note"] and r["utility"] == "" for r in na)
+    assert all(r["status"] == "ok" for r in rows if r["status"] != "n/a")
+    # an adaptive attacker facing no defence is the plain attacker: one computation
+    none = [r for r in rows if r["defence"] == "none"]
+    assert len({r["cell"] for r in none}) == 2
+
+
+def test_defence_scores_and_leakage(matrix):
+    rows = read_csv(matrix / "matrix.csv")
+    for r in rows:
+        if r["status"] == "ok":
+            assert 0.0 <= float(r["defence_score"]) <= 1.0
+    baseline = cell(rows, "model_inversion", "none", "non_adaptive")
+    assert float(baseline["defence_score"]) == pytest.approx(1 - 0.5**0.5, abs=1e-6)
+    assert float(baseline["leakage"]) > 0.6  # reconstructions are recognisable undefended
+    noisy = cell(rows, "model_inversion", "laplace 1.0", "non_adaptive")
+    assert float(noisy["leakage"]) < float(baseline["leakage"]) - 0.2
+    assert float(noisy["leakage_removed"]) > 0.3
+    adaptive = cell(rows, "model_inversion", "laplace 1.0", "adaptive")
+    assert float(adaptive["leakage"]) > float(noisy["leakage"])  # knowing the noise helps
+    assert adaptive["utility"] == noisy["utility"]  # the owners' side is the same
+    hidden = cell(rows, "hidden_learning", "none", "non_adaptive")
+    assert float(hidden["leakage"]) > float(hidden["leakage_chance"]) + 0.1
+    hidden_noisy = cell(rows, "hidden_learning", "laplace 1.0", "non_adaptive")
+    assert float(hidden_noisy["leakage"]) < float(hidden["leakage"])
+
+
+def test_reports_are_self_contained(matrix):
+    page = (matrix / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3  # heat map + one plot per role
+    assert "n/a" in page and "http" not in page.replace("http-equiv", "")
+    text = (matrix / "report.md").read_text()
+    assert "## model_inversion" in text and "### adaptive attacker" in text
+    for name in ("heatmap.png", "privacy_utility_hidden_learning.png"):
+        assert (matrix / name).stat().st_size > 10_000
+
+
+def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
+    path = write_matrix(tmp_path / "matrix.yaml", [HIDDEN], DEFENCES[:2])
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "splitsim", "compare", str(path), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not list((out / "cells").glob("*[0-9a-f].json")):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = {p.stem for p in (out / "cells").glob("*[0-9a-f].json")}
+    assert 1 <= len(finished) < 3
+    time.sleep(3)
+    orphans = subprocess.run(["pgrep", "-f", str(out / "cells")], capture_output=True, text=True)
+    assert orphans.stdout.strip() == "", "a cell outlived the killed comparison"
+
+    resumed = subprocess.run(cmd, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout[-2000:]
+    read_back = [line for line in resumed.stdout.splitlines() if line.startswith("read back")]
+    assert len(read_back) == len(finished)
+    for cell_id in finished:  # read back, not run again: still one run folder
+        name = yaml.safe_load((out / "cells" / f"{cell_id}.yaml").read_text())["name"]
+        assert len(list((out / "runs" / name).glob("2*"))) == 1
+    ours = without_wall_time(read_csv(out / "matrix.csv"))
+    reference = [
+        r
+        for r in without_wall_time(read_csv(matrix / "matrix.csv"))
+        if r["role"] == "hidden_learning" and r["defence"] in ("none", "laplace 1.0")
+    ]
+    assert ours == reference
+
+
+def test_a_failing_cell_is_recorded_and_the_rest_finish(tmp_path):
+    pytest.importorskip("torch")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the injected failure is a CUDA device on a machine without one")
+    broken = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2", "engine.device=cuda"]}
+    fine = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2"]}
+    path = write_matrix(tmp_path / "matrix.yaml", [fine, broken], DEFENCES[:1])
+    out = tmp_path / "out"
+    assert main(["compare", str(path), "--out", str(out)]) == 1
+    rows = read_csv(out / "matrix.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
+    assert rows[2]["note"].startswith("exit 1: RuntimeError") and "NVIDIA" in rows[2]["note"]
+
+
+def test_bad_matrix_is_one_line_and_exit_2(tmp_path, capsys):
+    path = write_matrix(tmp_path / "m.yaml", [HIDDEN], [{"label": "x", "use": []}])
+    data = yaml.safe_load(path.read_text())
+    cases = {
+        "rolez": ({**data, "rolez": []}, "rolez: unknown field"),
+        "no baseline": (
+            {**data, "defences": [{"label": "l", "use": [{"name": "laplace", "scale": 1}]}]},
+            "use: [] (no defence)",
+        ),
+        "bad defence": (
+            {**data, "defences": [{"label": "x", "use": [{"name": "lapalce", "scale": 1}]}]},
+            "defences.0.use.0.name: unknown defence 'lapalce'",
+        ),
+        "bad scale": (
+            {
+                **data,
+                "defences": [
+                    *data["defences"],
+                    {"label": "l", "use": [{"name": "laplace", "scale": -1}]},
+                ],
+            },
+            "defences.1.use.0.scale",
+        ),  # fmt: skip
+        "bad role file": ({**data, "roles": [{"scenario": "nope.yaml"}]}, "roles.0.scenario"),
+        "bad role override": (
+            {**data, "roles": [{**HIDDEN, "set": ["training.epochz=3"]}]},
+            "training.epochz: unknown field",
+        ),
+    }
+    for name, (content, expected) in cases.items():
+        path.write_text(yaml.safe_dump(content))
+        assert main(["compare", str(path), "--out", str(tmp_path / "o")]) == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, (name, err)
+    assert not (tmp_path / "o").exists()
+
+
+def test_defence_score_and_pareto_front():
+    # removes half the advantage over chance, keeps all the utility
+    s = defence_score(0.9, 0.9, 0.1, 0.55, 1.0, 0.1, beta=0.5)
+    assert s["removed"] == pytest.approx(0.5) and s["kept"] == pytest.approx(1.0)
+    assert s["score"] == pytest.approx(1 - (0.5 * 0.25) ** 0.5)
+    assert defence_score(0.1, 0.9, 0.1, 0.1, 1.0, 0.1)["score"] == pytest.approx(1 - 0.5**0.5)
+    assert defence_score(0.9, 0.9, 0.1, 0.1, 0.1, 0.1)["score"] is None  # nothing to remove
+    points = [(0.9, 0.98), (0.5, 0.97), (0.6, 0.96), (0.1, 0.5), (0.1, 0.4)]
+    assert pareto_front(points) == [3, 1, 0]
+
+
+def test_cli_lists_compare():
+    assert (
+        "compare"
+        in subprocess.run(
+            [sys.executable, "-m", "splitsim", "--help"], capture_output=True, text=True
+        ).stdout
+    )
+    assert os.path.exists(ROOT / "scenarios" / "defence_matrix.yaml")
