@@ -139,5 +139,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("interrupted; the unfinished run folder is marked .failed", file=sys.stderr)
+        if args.command == "compare":
+            print(
+                "interrupted; finished cells are kept and the same command reads them back",
+                file=sys.stderr,
+            )
+        else:
+            print("interrupted; the unfinished run folder is marked .failed", file=sys.stderr)
         return 130

@@ -6,7 +6,6 @@ end with the same matrix."""
 from __future__ import annotations
 
 import csv
-import os
 import signal
 import subprocess
 import sys
@@ -232,11 +231,20 @@ def test_defence_score_and_pareto_front():
     assert pareto_front(points) == [3, 1, 0]
 
 
-def test_cli_lists_compare():
-    assert (
-        "compare"
-        in subprocess.run(
-            [sys.executable, "-m", "splitsim", "--help"], capture_output=True, text=True
-        ).stdout
-    )
-    assert os.path.exists(ROOT / "scenarios" / "defence_matrix.yaml")
+def test_shipped_matrix_covers_every_registered_role_and_defence():
+    from splitsim.matrix.spec import expand, load_matrix
+    from splitsim.registry import DEFENCES, ROLES
+
+    help_text = subprocess.run(
+        [sys.executable, "-m", "splitsim", "--help"], capture_output=True, text=True
+    ).stdout
+    assert "compare" in help_text
+    path = ROOT / "scenarios" / "defence_matrix.yaml"
+    matrix = load_matrix(path)
+    cells = expand(matrix, path)
+    assert {c.role for c in cells} == set(ROLES.names())
+    used = {p.name for entry in matrix.defences for p in entry.use}
+    assert used == set(DEFENCES.names())
+    for name, role in ROLES.items():  # what a role needs to join the matrix
+        assert callable(role.summary) and hasattr(role, "adaptive_override"), name
+    assert all(c.reason for c in cells if c.scenario is None)
