@@ -1,4 +1,4 @@
 """Importing this module registers every built-in role, defence, dataset and model."""
 
 from splitsim import data, defences, models  # noqa: F401
-from splitsim.threats import hidden_learning, model_inversion  # noqa: F401
+from splitsim.threats import hidden_learning, model_inversion, perturbation_probe  # noqa: F401

@@ -38,11 +38,13 @@ class Plugin(BaseModel):
 
 class Models(Strict):
     """Networks by role: ``official``/``secret`` for hidden learning, ``split`` for split
-    learning. A role fills in its defaults; a network the role does not use is an error."""
+    learning, ``served`` for perturbation probing. A role fills in its defaults; a network the
+    role does not use is an error."""
 
     official: Plugin | None = None
     secret: Plugin | None = None
     split: Plugin | None = None
+    served: Plugin | None = None
 
 
 class Training(Strict):

@@ -1,6 +1,14 @@
 """Client-side defences, one file each; see base.py for the stages they act on."""
 
-from splitsim.defences import laplace, nopeek, rounding, weight_noise  # noqa: F401
+from splitsim.defences import (  # noqa: F401
+    input_noise,
+    laplace,
+    nopeek,
+    query_budget,
+    randomised_response,
+    rounding,
+    weight_noise,
+)
 from splitsim.defences.base import Defence, apply_stage
 from splitsim.registry import DEFENCES
 

@@ -2,7 +2,9 @@
 
 Stages: ``payload`` (what leaves the client: scores, intermediate tensors), ``weights`` (the
 model the client received, before it runs it), ``loss`` (a term the data owner adds to its own
-training loss, e.g. NoPeek). A role declares which stages it has; a defence
+training loss, e.g. NoPeek); for a data owner answering probes (papers/004): ``input`` (its
+secret input, before each query is evaluated), ``answer`` (the label-change bit it returns) and
+``budget`` (how many queries it answers). A role declares which stages it has; a defence
 whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
 """
 
@@ -13,7 +15,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Stage = Literal["payload", "weights", "loss"]
+Stage = Literal["payload", "weights", "loss", "input", "answer", "budget"]
 
 
 class DefenceParams(BaseModel):

@@ -1,0 +1,237 @@
+"""The label-change oracle of papers/004 as a Flower exchange.
+
+The adversary's ServerApp runs the signature search (attacks/perturbation_probe.py); each
+search step is one message per data owner carrying that owner's open queries as three arrays
+(``input``: the owner's local input number, ``direction``, ``eps``), and the ClientApp replies
+with one ``bits`` array: 1 the top-1 class changed, 0 it did not, 2 refused. Neither the class,
+nor the scores, nor X leave the data owner (``wire.jsonl`` shows it).
+
+Phases, per session:
+
+- ``hello``: the owner says how many secret inputs it holds (a count, nothing about them);
+- ``install``: the model owner ships the served model's weights and its directions;
+- ``probe``: one search step.
+
+A session is one probing pass: a direction kind, and the defences the data owners run for it.
+The run compares several (the report's table), so each message carries its ``session`` number,
+a harness control field with no data in it, from which the ClientApp takes its defences for that
+pass (``sessions`` below, from the scenario). Data owners apply, in scenario order, their
+``budget`` (per input, per session), ``input`` (fresh noise per query) and ``answer`` defences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
+from splitsim import defences as defence_lib
+from splitsim.attacks.perturbation_probe import REFUSED, Signatures, search
+from splitsim.data.score_data import stream
+from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state
+from splitsim.engine.simulation import exchange, wait_for_nodes
+from splitsim.engine.wire import WireLog
+
+_INPUT_NOISE, _ANSWER_NOISE = 90, 91
+
+
+@dataclass
+class Session:
+    """One probing pass: the adversary's directions, the data owners' defences."""
+
+    kind: str
+    directions: np.ndarray
+    defences: list  # scenario defence entries (Plugin) the owners run in this pass
+    label: str
+
+
+@dataclass
+class ProbeOutcome:
+    """What the adversary ended with, per session, and the order of the owners' inputs."""
+
+    signatures: dict[int, Signatures] = field(default_factory=dict)
+    partitions: list[int] = field(default_factory=list)  # partition of each owner, in order
+    sizes: list[int] = field(default_factory=list)
+    error: BaseException | None = None
+
+
+def client_app(
+    sessions: list[Session],
+    build_model: Callable[[], torch.nn.Module],
+    secret_inputs: Callable[[int], np.ndarray],
+    seed: int,
+) -> ClientApp:
+    """``secret_inputs(partition)``: the owner's private images, never sent anywhere."""
+    app = ClientApp()
+
+    @app.query()
+    def handle(msg: Message, context: Context) -> Message:
+        pid = int(context.node_config["partition-id"])
+        config = msg.content["config"]
+        phase = config["phase"]
+        x = secret_inputs(pid)
+        if phase == "hello":
+            reply = RecordDict({"meta": ConfigRecord({"partition": pid, "inputs": len(x)})})
+            return Message(reply, reply_to=msg)
+        session = int(config["session"])
+        if phase == "install":
+            context.state["model"] = msg.content["model"]
+            context.state[f"directions{session}"] = msg.content["directions"]
+            context.state[f"spent{session}"] = arrays_to_record(
+                {"spent": np.zeros(len(x), np.int64)}
+            )
+            return Message(RecordDict(), reply_to=msg)
+        if phase != "probe":
+            raise ValueError(f"unknown phase {phase!r}")
+        chosen = defence_lib.build(sessions[session].defences)
+        step = int(config["step"])
+        q = record_to_arrays(msg.content["queries"])
+        inputs, dirs, eps = q["input"], q["direction"], q["eps"]
+        spent = record_to_arrays(context.state[f"spent{session}"])["spent"]
+        answered = np.ones(len(inputs), dtype=bool)
+        for budget in (d for d in chosen if d.stage == "budget"):
+            answered &= budget.allowed(spent, inputs)
+        context.state[f"spent{session}"] = arrays_to_record({"spent": spent})
+        model = build_model()
+        model.load_state_dict(record_to_state(context.state["model"]))
+        model.eval()
+        directions = record_to_arrays(context.state[f"directions{session}"])["d"]
+        reference = _top1(model, x)
+        bits = np.full(len(inputs), REFUSED, dtype=np.uint8)
+        rng = np.random.default_rng(stream(seed, _INPUT_NOISE, pid, session, step))
+        idx = np.flatnonzero(answered)
+        for s in range(0, len(idx), 8192):
+            part = idx[s : s + 8192]
+            probe = x[inputs[part]] + eps[part].reshape(-1, 1, 1, 1) * directions[dirs[part]]
+            probe = defence_lib.apply_stage(chosen, "input", probe, rng)
+            bits[part] = _top1(model, probe) != reference[inputs[part]]
+        answer_rng = np.random.default_rng(stream(seed, _ANSWER_NOISE, pid, session, step))
+        bits[idx] = defence_lib.apply_stage(chosen, "answer", bits[idx], answer_rng)
+        return Message(RecordDict({"bits": arrays_to_record({"bits": bits})}), reply_to=msg)
+
+    return app
+
+
+@torch.no_grad()
+def _top1(model: torch.nn.Module, x: np.ndarray, batch: int = 8192) -> np.ndarray:
+    return np.concatenate(
+        [
+            model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch]))).argmax(1).numpy()
+            for s in range(0, len(x), batch)
+        ]
+    )
+
+
+def server_app(
+    sessions: list[Session],
+    model_state: dict[str, np.ndarray],
+    clients: int,
+    search_args: dict,
+    wire: WireLog,
+    outcome: ProbeOutcome,
+    on_step: Callable[[int, int, int], None],
+) -> ServerApp:
+    """The adversary: one search per session over every data owner's inputs at once."""
+    app = ServerApp()
+
+    def send(grid: Grid, contents: dict[int, RecordDict], phase: str, rnd: int) -> dict:
+        messages = []
+        for node, content in contents.items():
+            wire.to_node(rnd, phase, node, content)
+            messages.append(Message(content, dst_node_id=node, message_type="query"))
+        replies: dict[int, Message] = {}
+
+        def keep(reply: Message) -> None:
+            if reply.has_error():
+                raise RuntimeError(f"data owner {reply.metadata.src_node_id}: {reply.error.reason}")
+            wire.from_node(rnd, phase, reply)
+            replies[reply.metadata.src_node_id] = reply
+
+        exchange(grid, messages, len(messages), keep)
+        return replies
+
+    def config(phase: str, session: int = -1, step: int = 0) -> ConfigRecord:
+        return ConfigRecord({"phase": phase, "session": session, "step": step})
+
+    def make_oracle(
+        grid: Grid, order: list[int], offsets: np.ndarray, session: int, rnd: int
+    ) -> Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]:
+        owner_of = np.repeat(np.arange(len(order)), np.diff(offsets))
+        step = 0
+
+        def oracle(idx: np.ndarray, dirs: np.ndarray, eps: np.ndarray) -> np.ndarray:
+            nonlocal step
+            step += 1
+            owner = owner_of[idx]
+            contents = {}
+            for j, node in enumerate(order):
+                mine = owner == j
+                if not mine.any():
+                    continue
+                queries = {
+                    "input": (idx[mine] - offsets[j]).astype(np.int64),
+                    "direction": dirs[mine].astype(np.int64),
+                    "eps": eps[mine].astype(np.float32),
+                }
+                contents[node] = RecordDict(
+                    {
+                        "config": config("probe", session, step),
+                        "queries": arrays_to_record(queries),
+                    }
+                )
+            replies = send(grid, contents, "probe", rnd + step)
+            bits = np.empty(len(idx), dtype=np.uint8)
+            for j, node in enumerate(order):
+                mine = owner == j
+                if mine.any():
+                    bits[mine] = record_to_arrays(replies[node].content["bits"])["bits"]
+            return bits
+
+        return oracle
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        try:
+            ids = wait_for_nodes(grid, clients)
+            hello = send(
+                grid, {n: RecordDict({"config": config("hello")}) for n in ids}, "hello", 0
+            )
+            order = sorted(ids, key=lambda n: int(hello[n].content["meta"]["partition"]))
+            sizes = [int(hello[n].content["meta"]["inputs"]) for n in order]
+            outcome.partitions = [int(hello[n].content["meta"]["partition"]) for n in order]
+            outcome.sizes = sizes
+            offsets = np.cumsum([0, *sizes])
+            for k, session in enumerate(sessions):
+                rnd = 1000 * (k + 1)
+                send(
+                    grid,
+                    {
+                        n: RecordDict(
+                            {
+                                "config": config("install", k),
+                                "model": arrays_to_record(model_state),
+                                "directions": arrays_to_record({"d": session.directions}),
+                            }
+                        )
+                        for n in order
+                    },
+                    "install",
+                    rnd,
+                )
+                outcome.signatures[k] = search(
+                    make_oracle(grid, order, offsets, k, rnd),
+                    int(offsets[-1]),
+                    len(session.directions),
+                    on_step=lambda s, left, k=k: on_step(k, s, left),
+                    **search_args,
+                )
+        except BaseException as err:  # surfaced by the caller: Flower would only log it
+            outcome.error = err
+            raise
+
+    return app

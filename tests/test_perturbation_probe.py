@@ -1,0 +1,134 @@
+"""The perturbation-probing adversary on real MNIST through the real Flower simulation, small
+enough for CI: the search against a known boundary, the defences' contracts, then one run with
+every defence that checks what crossed the wire and what the table reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from splitsim.attacks.perturbation_probe import CHANGED, REFUSED, SAME, directions, search
+from splitsim.cli import main
+from splitsim.defences.query_budget import QueryBudget
+from splitsim.defences.randomised_response import RandomisedResponse
+from splitsim.engine.wire import read
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = [
+    "role.directions=[random, centroid]",
+    "role.num_directions=40",
+    "role.aux_size=600",
+    "role.decoder_epochs=8",
+    "role.max_steps=20",
+    "deployment.clients=2",
+    "deployment.users=60",
+    "defences=[{name: query_budget, queries: 200}, {name: randomised_response, p: 0.2}]",
+]
+
+
+def test_search_finds_each_directions_threshold():
+    # A toy oracle whose class changes once eps passes a known threshold per direction.
+    thresholds = np.array([[0.7, 3.0, 100.0], [12.5, 1.0, 5.0]])
+
+    def oracle(idx, dirs, eps):
+        return np.where(eps >= thresholds[idx, dirs], CHANGED, SAME).astype(np.uint8)
+
+    sig = search(oracle, 2, 3, eps_start=2.0, eps_max=64.0, tolerance=0.01, max_steps=50)
+    assert sig.flipped.tolist() == [[True, True, False], [True, True, True]]
+    found = np.where(sig.flipped, sig.eps, np.nan)
+    expected = np.where(thresholds < 64, thresholds, np.nan)
+    np.testing.assert_allclose(found, expected, rtol=0.011)
+    assert sig.eps[0, 2] == 64.0  # never flips: recorded at eps_max
+    assert sig.steps < 20 and sig.queries.sum() < 2 * 3 * 20
+
+    def refusing(idx, dirs, eps):
+        return np.full(len(idx), REFUSED, dtype=np.uint8)
+
+    cut = search(refusing, 2, 3, eps_start=2.0, eps_max=64.0, tolerance=0.01, max_steps=50)
+    assert cut.refused.all() and cut.steps == 1
+
+
+def test_directions_are_unit_norm_and_kinds_differ():
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 1, 28, 28)).astype(np.float32)
+    y = np.repeat(np.arange(10), 20)
+    r = directions("random", 30, (1, 28, 28), 0)
+    c = directions("centroid", 30, (1, 28, 28), 0, None, x, y)
+    np.testing.assert_allclose(np.linalg.norm(r.reshape(30, -1), axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(c.reshape(30, -1), axis=1), 1.0, rtol=1e-5)
+    assert not np.allclose(r, c)
+
+
+def test_budget_and_randomised_response():
+    budget = QueryBudget(QueryBudget.Params(queries=2))
+    spent = np.array([0, 1, 0])
+    ok = budget.allowed(spent, np.array([0, 1, 0, 2, 0, 1, 2]))
+    assert ok.tolist() == [True, True, True, True, False, False, True]
+    assert spent.tolist() == [2, 2, 2]
+    bits = np.zeros(100_000, dtype=np.uint8)
+    flipped = RandomisedResponse(RandomisedResponse.Params(p=0.1)).apply(
+        bits, np.random.default_rng(0)
+    )
+    assert abs(flipped.mean() - 0.1) < 0.005
+
+
+def probe(out: Path, *extra: str) -> Path:
+    before = set(out.rglob("results.json")) if out.exists() else set()
+    args = ["run", str(ROOT / "scenarios" / "mnist_probe.yaml"), "--out", str(out)]
+    for expr in [*SMALL, *extra]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (results,) = set(out.rglob("results.json")) - before
+    return results.parent
+
+
+@pytest.fixture(scope="module")
+def probe_run(tmp_path_factory):
+    return probe(tmp_path_factory.mktemp("probe") / "runs")
+
+
+def test_same_seed_same_signatures_and_numbers(probe_run, tmp_path):
+    # Only the random kind this time: its sessions must come out exactly the same.
+    again = probe(tmp_path / "runs", "role.directions=[random]")
+    first = json.loads((probe_run / "results.json").read_text())["metrics"]["sessions"]
+    second = json.loads((again / "results.json").read_text())["metrics"]["sessions"]
+    assert second == [row for row in first if row["directions"] == "random"]
+
+
+def test_only_bits_leave_the_data_owners(probe_run):
+    lines = read(probe_run / "wire.jsonl")
+    sent = {
+        (rec["name"], key, entry.get("dtype"))
+        for line in lines
+        if line["sender"] != "server"
+        for rec in line["records"]
+        for key, entry in rec["entries"].items()
+    }
+    assert sent <= {
+        ("bits", "bits", "uint8"),
+        ("meta", "partition", None),
+        ("meta", "inputs", None),
+    }
+    probes = [line for line in lines if line["phase"] == "probe" and line["sender"] == "server"]
+    # a signature costs a handful of round trips, not one per query
+    steps_per_session = len(probes) / (2 * 6)  # 2 owners; random x 4 settings, centroid x 2
+    assert steps_per_session <= 20
+
+
+def test_report_table_and_numbers(probe_run):
+    m = json.loads((probe_run / "results.json").read_text())["metrics"]
+    table = {(r["directions"], r["defences"]): r for r in m["sessions"]}
+    assert len(table) == 4 + 2  # random: configured, none, each alone; centroid: two
+    clean = table[("random", "none")]
+    assert clean["reference_accuracy"] > m["chance"] + 0.2  # small attacker, still informative
+    assert clean["refused"] == 0.0 and clean["served_accuracy"] > 0.9
+    budgeted = table[("random", "query_budget(queries=200)")]
+    assert budgeted["queries_max"] <= 200 * 1.0 + 40 and budgeted["refused"] > 0
+    both = table[("random", "query_budget(queries=200) + randomised_response(p=0.2)")]
+    assert both["ssim"] < clean["ssim"]
+    assert m["served_model_test_accuracy"] > 0.95
+    for name in ("reconstructions.png", "styles.png", "report.md"):
+        assert (probe_run / name).stat().st_size > 1000
