@@ -182,21 +182,26 @@ def expand(matrix: Matrix, matrix_path: str | Path) -> list[Cell]:
                     data.setdefault("engine", {})["ray_cpus"] = matrix.cpus_per_cell
                     data["name"] = _slug(f"{role_name}-{defence.label}-{attacker}-s{seed}")
                     reason = None
-                    # An adaptive attacker facing no defence is the plain attacker: one cell.
-                    if attacker == "adaptive" and use:
-                        override = getattr(role, "adaptive_override", None)
-                        if override is None:
-                            reason = f"role {role_name} has no adaptive attacker"
-                        else:
-                            apply_override(data, override, source)
                     resolved = None
-                    if reason is None:
-                        try:
-                            resolved = validate(data, f"{source} ({role_name})").resolved()
-                        except ScenarioError as err:
-                            if not err.field.startswith(("defences", "role")):
-                                raise
-                            reason = f"{err.field}: {err.message}"
+                    try:
+                        resolved = validate(
+                            copy.deepcopy(data), f"{source} ({role_name})"
+                        ).resolved()
+                        # An adaptive attacker facing no defence is the plain one: one cell.
+                        if attacker == "adaptive" and use:
+                            override = getattr(role, "adaptive_override", None)
+                            if override is None:
+                                resolved, reason = (
+                                    None,
+                                    f"role {role_name} has no adaptive attacker",
+                                )
+                            else:
+                                apply_override(data, override, source)
+                                resolved = validate(data, f"{source} ({role_name})").resolved()
+                    except ScenarioError as err:
+                        if not err.field.startswith(("defences", "role")):
+                            raise
+                        resolved, reason = None, f"{err.field}: {err.message}"
                     cells.append(
                         Cell(
                             role=role_name,
