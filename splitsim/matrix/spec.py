@@ -16,7 +16,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -91,10 +91,21 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "cell"
 
 
+def _without_nulls(value: Any) -> Any:
+    # An unset optional field hashes like a field that does not exist yet, so adding one to
+    # the scenario schema does not invalidate every finished cell.
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(v) for v in value]
+    return value
+
+
 def cell_id(scenario: dict) -> str:
     """Content hash of what the cell computes (its name and output folder excluded)."""
     body = {k: v for k, v in scenario.items() if k not in ("name", "description", "output_dir")}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+    text = json.dumps(_without_nulls(body), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
