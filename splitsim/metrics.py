@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
@@ -23,6 +25,32 @@ def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(truth, score))
 
 
+def load_dcor():  # noqa: ANN201
+    """Import ``dcor`` and compile its kernels under a machine-wide lock.
+
+    dcor's numba kernels are cached on disk (``cache=True``); two processes compiling them at
+    once corrupt the cache for every later process ("LLVM ERROR: Symbol not found" on import;
+    seen here with two comparison cells side by side). Holding a file lock while the first
+    process compiles and writes makes the others wait, then load a complete cache."""
+    import fcntl
+    import tempfile
+    import warnings
+
+    lock_path = Path(tempfile.gettempdir()) / "splitsim-numba-dcor.lock"
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            import dcor
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                probe = np.random.default_rng(0).random((8, 3))
+                dcor.distance_correlation(probe, probe[:, :2], exponent=2.0)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return dcor
+
+
 def distance_correlation_batches(
     x: np.ndarray, z: np.ndarray, batch_size: int = 32, exponent: float = 2.0
 ) -> dict[str, float]:
@@ -33,8 +61,7 @@ def distance_correlation_batches(
     choice, not ours, so the warning is silenced."""
     import warnings
 
-    import dcor
-
+    dcor = load_dcor()
     values = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

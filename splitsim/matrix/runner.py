@@ -6,7 +6,8 @@ inside a Ray worker that would attach to (and, when it shuts down, tear down) th
 runtime. In a child process with the cell's CPUs as its Ray's whole budget
 (``engine.ray_cpus``) and the same number of torch threads, the cells never ask for more cores
 than their Ray tasks hold, so the machine is not over-subscribed. A child dies with its task
-(``PR_SET_PDEATHSIG``), so killing the comparison leaves no orphan behind.
+(``PR_SET_PDEATHSIG``), so killing the comparison leaves no orphan behind. Cells side by side
+share dcor's numba cache safely because ``metrics.load_dcor`` compiles it under a file lock.
 
 A finished cell is written by its task, atomically, to ``cells/<id>.json`` before the driver
 hears of it; a rerun reads those back and runs only the rest. A failed cell is recorded with its
@@ -36,12 +37,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child_env(cpus: int, numba_cache: Path) -> dict[str, str]:
+def _child_env(cpus: int) -> dict[str, str]:
     # A Ray worker's environment points at the matrix's runtime; the cell must start its own.
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    # Numba's on-disk cache (dcor's kernels) is not safe to fill from two processes at once
-    # (seen here: "LLVM ERROR: Symbol not found"); each worker slot keeps its own.
-    env["NUMBA_CACHE_DIR"] = str(numba_cache)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(cpus)
     env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
@@ -54,9 +52,7 @@ def _last_line(text: str) -> str:
     return (errors or lines or ["no output"])[-1][:500]
 
 
-def execute_cell(
-    cell_id: str, role: str, scenario: dict, out: str, cpus: int, slot: int = 0
-) -> dict:
+def execute_cell(cell_id: str, role: str, scenario: dict, out: str, cpus: int) -> dict:
     """Run one cell to completion (in a Ray task) and write its record; returns the record."""
     import splitsim.plugins  # noqa: F401
     from splitsim.registry import ROLES
@@ -75,7 +71,7 @@ def execute_cell(
             cmd,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=_child_env(cpus, root / ".numba" / f"slot{slot}"),
+            env=_child_env(cpus),
             preexec_fn=_die_with_parent,
         )
     wall = round(time.perf_counter() - started, 1)
@@ -148,7 +144,6 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
         )
         queue = list(todo.values())
         running: dict = {}
-        free_slots = list(range(workers))
         progress = Progress(
             TextColumn("[bold]cells[/bold] {task.description}"),
             BarColumn(),
@@ -170,16 +165,14 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
             while queue or running:
                 while queue and len(running) < workers:
                     cell = queue.pop(0)
-                    slot = free_slots.pop(0)
                     ref = task.remote(
-                        cell.id, cell.role, cell.scenario, str(out), matrix.cpus_per_cell, slot
+                        cell.id, cell.role, cell.scenario, str(out), matrix.cpus_per_cell
                     )
-                    running[ref] = (cell, slot)
+                    running[ref] = cell
                 show()
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
-                    cell, slot = running.pop(ref)
-                    free_slots.append(slot)
+                    cell = running.pop(ref)
                     try:
                         record = ray.get(ref)
                     except Exception as err:  # the task itself died (worker lost, ...)
