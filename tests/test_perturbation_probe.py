@@ -132,3 +132,46 @@ def test_report_table_and_numbers(probe_run):
     assert m["served_model_test_accuracy"] > 0.95
     for name in ("reconstructions.png", "styles.png", "report.md"):
         assert (probe_run / name).stat().st_size > 1000
+
+
+BAD = {
+    "payload_defence": (
+        {"defences": [{"name": "laplace", "scale": 0.1}]},
+        "defences.0.name: 'laplace' acts on payload, which role perturbation_probe does not",
+    ),
+    "unknown_kind": ({"role.directions": ["random", "fgsm"]}, "role.directions.1: Input should"),
+    "twice": ({"role.directions": ["random", "random"]}, "role.directions: each kind at most"),
+    "aux_too_big": ({"role.aux_size": 20000}, "role.aux_size: at most 10000"),
+    "wrong_dataset": ({"dataset.name": "fashion_mnist"}, "dataset.name: role perturbation_probe"),
+    "flip_too_likely": (
+        {"defences": [{"name": "randomised_response", "p": 0.7}]},
+        "defences.0.p: Input should be less than or equal to 0.5",
+    ),
+    "zero_budget": (
+        {"defences": [{"name": "query_budget", "queries": 0}]},
+        "defences.0.queries: Input should be greater than or equal to 1",
+    ),
+    "start_above_cap": ({"role.eps_start": 100.0}, "role.eps_start: must not exceed eps_max"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_probe_scenario_gets_one_line_and_exit_2(case, tmp_path, capsys):
+    import yaml
+
+    changes, expected = BAD[case]
+    data = yaml.safe_load((ROOT / "scenarios" / "mnist_probe.yaml").read_text())
+    for dotted, value in changes.items():
+        node = data
+        keys = dotted.split(".")
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        node[keys[-1]] = value
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "runs"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {path}: "), err
+    assert expected in err[0], err[0]
+    assert not out.exists()
