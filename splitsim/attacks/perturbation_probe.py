@@ -105,8 +105,10 @@ def directions(
     return np.concatenate([picked, random[len(picked) :]]) if len(picked) < count else picked
 
 
-def local_oracle(model: nn.Module, x: np.ndarray, dirs: np.ndarray, batch: int = 8192) -> Oracle:
-    """The adversary's own copy of M on its own images: the same bit, computed locally."""
+def local_oracle(model: nn.Module, x: np.ndarray, dirs: np.ndarray, batch: int = 512) -> Oracle:
+    """The adversary's own copy of M on its own images: the same bit, computed locally.
+    Small batches: 512 perturbed images a forward pass ran 2.2x faster than 8,192 here (the
+    large ones spend their time allocating and faulting in fresh pages)."""
     reference = _logits(model, x).argmax(1)
     dirs_t = torch.from_numpy(dirs)
     x_t = torch.from_numpy(x)
