@@ -270,6 +270,8 @@ class PerturbationProber:
         )
         one_per_class = np.array([int(np.argmax(truth_y == c)) for c in np.unique(truth_y)])
         common = int(np.bincount(truth_y).argmax())
+        # Style is judged without defences where the table has such sessions.
+        undefended = "none" if any(s.label == "none" for s in sessions) else sessions[0].label
         styles = np.flatnonzero(truth_y == common)[:8]
         return {
             "metrics": {
@@ -302,9 +304,9 @@ class PerturbationProber:
                 "style_class": common,
                 "style_originals": truth_x[styles],
                 "style_sessions": [
-                    (f"{s.kind}", pictures[k][styles])
+                    (f"{s.kind} ({s.label})", pictures[k][styles])
                     for k, s in enumerate(sessions)
-                    if s.label == sessions[0].label
+                    if s.label == undefended
                 ],
             },
         }
