@@ -46,7 +46,7 @@ CASES = {
     "unknown_defence": (
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
         "defences.0.name: unknown defence 'lapalce'; "
-        "allowed: laplace, nopeek, rounding, weight_noise",
+        "allowed: input_noise, laplace, nopeek, query_budget, randomised_response, rounding, weight_noise",
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),
