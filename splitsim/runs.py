@@ -106,11 +106,17 @@ def open_run(scenario: Scenario, console: Console, base: Path | None = None) -> 
     root.mkdir(parents=True, exist_ok=True)
     stamp = _stamp()
     suffix = 0
-    while any((root / f"{stamp}{tail}").exists() for tail in ("", ".failed", ".partial")):
+    while True:
+        staging = root / f".{stamp}.partial"
+        taken = any((root / f"{stamp}{tail}").exists() for tail in ("", ".failed"))
+        if not taken:
+            try:
+                staging.mkdir()  # atomic: two processes never share a staging folder
+                break
+            except FileExistsError:
+                pass
         suffix += 1
         stamp = f"{_stamp()}-{suffix}"
-    staging = root / f".{stamp}.partial"
-    staging.mkdir()
     resolved = {**scenario.resolved(), "versions": versions()}
     write_atomic(staging / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
     progress = Progress(

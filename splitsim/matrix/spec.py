@@ -213,6 +213,10 @@ def expand(matrix: Matrix, matrix_path: str | Path) -> list[Cell]:
                         if not err.field.startswith(("defences", "role")):
                             raise
                         resolved, reason = None, f"{err.field}: {err.message}"
+                    ident = cell_id(resolved) if resolved is not None else ""
+                    if resolved is not None:
+                        # Two roles may share a role name: the id keeps run folders apart.
+                        resolved["name"] = f"{resolved['name']}-{ident}"
                     cells.append(
                         Cell(
                             role=role_name,
@@ -222,7 +226,7 @@ def expand(matrix: Matrix, matrix_path: str | Path) -> list[Cell]:
                             seed=seed,
                             scenario=resolved,
                             reason=reason,
-                            id=cell_id(resolved) if resolved is not None else "",
+                            id=ident,
                         )
                     )
     return cells
