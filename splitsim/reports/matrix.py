@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from splitsim.matrix.score import defence_score, pareto_front  # noqa: E402
 from splitsim.matrix.spec import Cell, Matrix  # noqa: E402
+from splitsim.reports import save_figure  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
 
 COLUMNS = [
@@ -28,15 +29,6 @@ COLUMNS = [
     "leakage_removed", "utility_kept", "defence_score", "wall_s", "cell", "note",
 ]  # fmt: skip
 ATTACKER_STYLE = {"non_adaptive": ("o", "tab:blue"), "adaptive": ("^", "tab:red")}
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, format="png")
-    plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
 
 
 def _num(value: float | None) -> str:
@@ -193,7 +185,7 @@ def heatmap(groups: list[dict], path: Path) -> None:
     ax.set_title("Leakage remaining (1: as undefended, 0: chance); text: headline leakage")
     fig.colorbar(image, ax=ax, fraction=0.03)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def privacy_utility(groups: list[dict], role: str, path: Path) -> None:
@@ -218,7 +210,7 @@ def privacy_utility(groups: list[dict], role: str, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _ranking(groups: list[dict], role: str, attacker: str) -> list[dict]:

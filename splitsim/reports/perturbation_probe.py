@@ -4,7 +4,6 @@ styles.png (one digit class across writers: does slant and stroke width carry ov
 
 from __future__ import annotations
 
-import io
 import textwrap
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from splitsim.reports import pct, wire_section  # noqa: E402
+from splitsim.reports import pct, save_figure, wire_section  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
 
 
@@ -36,12 +35,7 @@ def _grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str) -> None:
                 ax.set_ylabel(text, fontsize=6, rotation=0, ha="right", va="center")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=110, format="png")
-    plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def console_table(metrics: dict) -> Table:
