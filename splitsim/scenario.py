@@ -38,13 +38,14 @@ class Plugin(BaseModel):
 
 class Models(Strict):
     """Networks by role: ``official``/``secret`` for hidden learning, ``split`` for split
-    learning, ``served`` for perturbation probing. A role fills in its defaults; a network the
-    role does not use is an error."""
+    learning, ``served`` for perturbation probing, ``federated`` for federated training. A role
+    fills in its defaults; a network the role does not use is an error."""
 
     official: Plugin | None = None
     secret: Plugin | None = None
     split: Plugin | None = None
     served: Plugin | None = None
+    federated: Plugin | None = None
 
 
 class Training(Strict):

@@ -1,12 +1,14 @@
 """Client-side defences, one file each; see base.py for the stages they act on."""
 
 from splitsim.defences import (  # noqa: F401
+    dp_sgd,
     input_noise,
     laplace,
     nopeek,
     query_budget,
     randomised_response,
     rounding,
+    update_noise,
     weight_noise,
 )
 from splitsim.defences.base import Defence, apply_stage

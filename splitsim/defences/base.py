@@ -4,7 +4,9 @@ Stages: ``payload`` (what leaves the client: scores, intermediate tensors), ``we
 model the client received, before it runs it), ``loss`` (a term the data owner adds to its own
 training loss, e.g. NoPeek); for a data owner answering probes (papers/004): ``input`` (its
 secret input, before each query is evaluated), ``answer`` (the label-change bit it returns) and
-``budget`` (how many queries it answers). A role declares which stages it has; a defence
+``budget`` (how many queries it answers); for a participant of federated training (papers/002):
+``update`` (the model update it uploads) and ``training`` (how it runs its local optimiser, e.g.
+DP-SGD). A role declares which stages it has; a defence
 whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
 """
 
@@ -15,7 +17,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Stage = Literal["payload", "weights", "loss", "input", "answer", "budget"]
+Stage = Literal["payload", "weights", "loss", "input", "answer", "budget", "update", "training"]
 
 
 class DefenceParams(BaseModel):

@@ -36,7 +36,7 @@ from splitsim import defences as defence_lib
 from splitsim.data.score_data import int_seed, partition_sizes, stream
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.node_state import open_state
-from splitsim.engine.simulation import wait_for_nodes
+from splitsim.engine.simulation import fast_polling, wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.scenario import Scenario
@@ -44,7 +44,6 @@ from splitsim.scenario import Scenario
 # Random-stream purposes.
 _TRAIN_SPLIT, _BATCH_ORDER, _TRAIN_NOISE, _INFER_NOISE, _SERVER_INIT = 60, 61, 62, 63, 64
 _INFER_SPLIT = 65
-FAST_PULL_S = 0.002
 
 
 def split_parts(scenario: Scenario) -> tuple[nn.Module, nn.Module]:
@@ -258,10 +257,7 @@ def server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            # The in-memory grid polls for replies every 0.1 s by default: with one round trip
-            # per batch that polling, not the computation, would set the pace.
-            if hasattr(grid, "pull_interval"):
-                grid.pull_interval = FAST_PULL_S
+            fast_polling(grid)
             _train(grid)
         except BaseException as err:  # surfaced by the caller: Flower would only log it
             outcome.error = err

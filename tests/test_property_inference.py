@@ -1,0 +1,253 @@
+"""The property-inference participant of federated training on real Fashion-MNIST through the
+real Flower simulation (Flower's own FedAvg strategy), small enough for CI: the attack's parts
+against known answers, then runs that check what crossed the wire, the numbers, the defences
+and determinism."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import RecordDict
+from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
+
+from splitsim.attacks.property_inference import (
+    AdversaryStore,
+    PropertyTask,
+    feature_separation,
+    infer,
+    layer_slice,
+    others_update,
+)
+from splitsim.cli import main
+from splitsim.defences.update_noise import UpdateNoise
+from splitsim.engine.codec import arrays_to_record
+from splitsim.engine.local_training import flat_parameters, train_locally
+from splitsim.engine.wire import read
+from splitsim.models.feature_mlp import FeatureNet
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "scenarios" / "fl_property_inference.yaml"
+SMALL = [
+    "deployment.clients=2",
+    "role.rounds=16",
+    "role.burn_in=4",
+    "role.synthetic=6",
+    "role.records_per_round=128",
+    "role.target_fraction=0.5",
+    "role.alpha=0.3",
+    "role.aux_size=4000",
+    "role.projection=pca",
+    "role.projection_points=300",
+]
+
+
+def run(out: Path, *extra: str) -> Path:
+    before = set(out.rglob("results.json")) if out.exists() else set()
+    args = ["run", str(SCENARIO), "--out", str(out)]
+    for expr in [*SMALL, *extra]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (new,) = set(out.rglob("results.json")) - before
+    return new.parent
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("fl") / "runs")
+
+
+def test_task_and_property_are_independent_class_groups():
+    task = PropertyTask(((0, 6), (2, 4)), (6, 4))
+    labels = np.array([0, 6, 2, 4, 6])
+    assert task.task(labels).tolist() == [0, 0, 1, 1, 0]
+    assert task.prop(labels).tolist() == [0, 1, 0, 1, 1]
+    assert task.classes == (0, 2, 4, 6)
+
+
+def test_others_update_is_exact_under_flowers_fedavg():
+    rng = np.random.default_rng(0)
+    before = rng.normal(size=50).astype(np.float32)
+    uploads = [before + rng.normal(size=50).astype(np.float32) for _ in range(4)]
+    replies = [
+        RecordDict({"arrays": arrays_to_record({"w": u}), "metrics": _metrics(128)})
+        for u in uploads
+    ]
+    after = aggregate_arrayrecords(replies, "num-examples")["w"].numpy()
+    own = uploads[3] - before
+    expected = np.mean([u - before for u in uploads[:3]], axis=0)
+    np.testing.assert_allclose(others_update(before, after, own, 4), expected, atol=1e-5)
+
+
+def _metrics(n: int):
+    from flwr.app import MetricRecord
+
+    return MetricRecord({"num-examples": n})
+
+
+def test_multitask_loss_trains_the_property_head_on_the_last_layer():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(512, 1, 4, 4)).astype(np.float32)
+    y = (x[:, 0, 0, 0] > 0).astype(np.int64)
+    p = (x[:, 0, 1, 1] > 0).astype(np.int64)  # independent of y
+    torch.manual_seed(0)
+    net = FeatureNet(16, [32], 2)
+    head = torch.nn.Linear(32, 2)
+    for epoch in range(30):
+        train_locally(net, x, y, epochs=1, batch_size=32, lr=0.1, seed=epoch, head=head, p=p,
+                      alpha=0.5)  # fmt: skip
+    with torch.no_grad():
+        f = net.features(torch.from_numpy(x))
+        assert (net.classifier(f).argmax(1).numpy() == y).mean() > 0.9
+        assert (head(f).argmax(1).numpy() == p).mean() > 0.9
+    with pytest.raises(ValueError, match="property head"):
+        train_locally(net, x, y, epochs=1, batch_size=32, lr=0.1, seed=0, alpha=0.5)
+
+
+def test_update_noise_clips_then_noises():
+    rng = np.random.default_rng(0)
+    u = np.full(10_000, 0.1, dtype=np.float32)  # norm 10
+    clipped = UpdateNoise(UpdateNoise.Params(scale=0.0, clip=1.0)).apply(u, rng)
+    assert np.linalg.norm(clipped) == pytest.approx(1.0, rel=1e-5)
+    for mechanism, std in (("gaussian", 0.5), ("laplace", 0.5 * np.sqrt(2))):
+        noisy = UpdateNoise(UpdateNoise.Params(mechanism=mechanism, scale=0.5)).apply(u, rng)
+        assert noisy.dtype == np.float32
+        assert np.std(noisy - u) == pytest.approx(std, rel=0.05)
+
+
+def test_layer_slice_and_feature_separation():
+    net = FeatureNet(16, [32, 8], 3)
+    flat = flat_parameters(net)
+    cut = layer_slice(net, "classifier")
+    np.testing.assert_array_equal(flat[cut][-3:], net.classifier.bias.detach().numpy())
+    assert cut.stop - cut.start == 8 * 3 + 3
+    rng = np.random.default_rng(1)
+    prop = rng.integers(0, 2, 2000)
+    separated = feature_separation(rng.normal(size=(2000, 5)) + 2.0 * prop[:, None], prop, 0)
+    random = feature_separation(rng.normal(size=(2000, 5)), prop, 0)
+    assert separated["probe_auc"] > 0.95 and abs(random["probe_auc"] - 0.5) < 0.05
+
+
+def test_inference_separates_synthetic_rounds(tmp_path):
+    # Updates of property rounds shifted along one direction: the classifier must find it.
+    rng = np.random.default_rng(2)
+    store = AdversaryStore(tmp_path)
+    truth = rng.integers(0, 2, 30)
+    for r in range(1, 31):
+        p = np.repeat([0, 1], 10)
+        store.save_synthetic(r, rng.normal(size=(20, 12)) + 1.5 * p[:, None], p)
+        store.save_observed(r, rng.normal(size=12) + 1.5 * truth[r - 1])
+    result = infer(store, burn_in=5, c=1.0)
+    assert result.rounds == list(range(6, 31))
+    assert (result.scores[truth[5:] == 1].mean() - result.scores[truth[5:] == 0].mean()) > 1
+
+
+def test_run_reports_both_attackers_and_pictures(plain):
+    for name in ("report.md", "features.png", "inference.png", "accuracy.png", "metrics.csv"):
+        assert (plain / name).stat().st_size > 0
+    m = metrics(plain)
+    active, passive = m["attackers"]
+    assert (active["alpha"], passive["alpha"]) == (0.3, 1.0)
+    for row in (active, passive):
+        assert row["scored_rounds"] == 12
+        assert len(row["accuracy_history"]) == 17  # before round 1, then after each round
+        # the global model learns the 5-class task well above chance (0.2) in 16 rounds
+        assert row["accuracy"] > 0.65
+    # the target's rounds leak: even the passive participant scores them above chance
+    assert passive["auc"] >= 0.7
+    # the cost of the attack to the task stays small
+    assert abs(active["accuracy"] - passive["accuracy"]) < 0.03
+    gap = m["active_minus_passive"]
+    assert gap["auc"] == pytest.approx(active["auc"] - passive["auc"])
+    assert m["failures"] == [] and m["defences"]["epsilon"] is None
+    report = (plain / "report.md").read_text()
+    assert "| active (alpha 0.3) |" in report and "| passive (alpha 1) |" in report
+
+
+def test_only_model_weights_and_counts_leave_the_participants(plain):
+    lines = read(plain / "wire.jsonl")
+    sent = {
+        (rec["name"], key)
+        for line in lines
+        if line["sender"] != "server"
+        for rec in line["records"]
+        for key in rec["entries"]
+    }
+    weights = {f"features.{i}.{k}" for i in (1, 3) for k in ("weight", "bias")}
+    weights |= {"classifier.weight", "classifier.bias"}
+    assert sent == {("arrays", w) for w in weights} | {
+        ("metrics", "num-examples"),
+        ("metrics", "partition"),
+    }
+    # every participant, the adversary included, in every round of both trainings
+    uploads = [line for line in lines if line["sender"] != "server" and "train" in line["phase"]]
+    assert len(uploads) == 2 * 16 * 3
+
+
+def test_same_seed_same_numbers(plain, tmp_path):
+    again = run(tmp_path / "runs", "role.compare_alphas=[]")
+    first, second = metrics(plain)["attackers"][0], metrics(again)["attackers"][0]
+    assert second == first
+
+
+def test_defended_adaptive_run_with_dp_sgd_and_update_noise(tmp_path):
+    folder = run(
+        tmp_path / "runs",
+        "role.rounds=6",
+        "role.burn_in=2",
+        "role.compare_alphas=[]",
+        "role.adaptive=true",
+        "defences=[{name: dp_sgd, noise_multiplier: 1.0, max_grad_norm: 1.0}, "
+        "{name: update_noise, mechanism: gaussian, scale: 0.001, clip: 5.0}]",
+    )
+    m = metrics(folder)
+    (row,) = m["attackers"]
+    assert 0 < m["defences"]["epsilon"] < 100 and m["defences"]["adaptive"] is True
+    assert row["scored_rounds"] == 4 and 0 <= row["auc"] <= 1
+    assert "epsilon over the run" in (folder / "report.md").read_text()
+
+
+HEAD = "dataset: {name: fashion_mnist}\nrole: {name: property_inference"
+BAD = {
+    "mnist": (
+        "dataset: {name: mnist}\nrole: {name: property_inference}",
+        "dataset.name: role property_inference runs on fashion_mnist",
+    ),
+    "training": (
+        HEAD + "}\ntraining: {epochs: 3}",
+        "training: not used by role property_inference",
+    ),
+    "target": (
+        HEAD + ", target: 5}\ndeployment: {clients: 2}",
+        "role.target: must be below deployment.clients (2)",
+    ),
+    "property": (
+        HEAD + ", property_classes: [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]}",
+        "property_classes: some task classes must lack the property",
+    ),
+    "alpha": (HEAD + ", alpha: 1.5}", "role.alpha: Input should be less than or equal to 1"),
+    "defence": (
+        HEAD + "}\ndefences: [{name: laplace, scale: 1.0}]",
+        "'laplace' acts on payload, which role property_inference does not have; "
+        "allowed here: dp_sgd, update_noise",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_property_scenario_gets_one_line_and_exit_2(case, tmp_path, capsys):
+    text, expected = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    out = tmp_path / "runs"
+    assert main(["run", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert not out.exists()
