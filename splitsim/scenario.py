@@ -68,6 +68,12 @@ class Engine(Strict):
     ray_cpus: int | None = Field(
         None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
     )
+    ray_address: str | None = Field(
+        None,
+        min_length=1,
+        description="attach to an existing Ray cluster ('auto', 'host:port' or "
+        "'ray://host:port') instead of starting a local Ray",
+    )
 
 
 class Tasks(Strict):
@@ -252,6 +258,12 @@ def validate(data: Any, source: str) -> Scenario:
             "every client holds one or more users",
         )
     engine = scenario.engine
+    if engine.ray_address is not None and engine.ray_cpus is not None:
+        raise ScenarioError(
+            source,
+            "engine.ray_cpus",
+            "sizes a local Ray; an existing cluster (engine.ray_address) has its own size",
+        )
     if engine.ray_cpus is not None and engine.num_cpus > engine.ray_cpus:
         raise ScenarioError(
             source,

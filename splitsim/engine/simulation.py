@@ -25,9 +25,17 @@ def resolve_device(engine: Engine) -> str:
 
 
 def backend_config(engine: Engine) -> dict:
+    """Flower's Ray backend settings: per-client resources, and either a local Ray (capped to
+    ``ray_cpus``) or, with ``ray_address``, an existing cluster, which keeps its own size."""
     init_args: dict = {"log_to_driver": False, "include_dashboard": False}
-    if engine.ray_cpus is not None:
-        init_args["num_cpus"] = engine.ray_cpus
+    if engine.ray_address is not None:
+        init_args["address"] = engine.ray_address
+    else:
+        # Without it ray.init() joins whatever cluster `ray start` last recorded on this
+        # machine (and hangs if that cluster has died): a local run must stay local.
+        init_args["address"] = "local"
+        if engine.ray_cpus is not None:
+            init_args["num_cpus"] = engine.ray_cpus
     return {
         "client_resources": {"num_cpus": engine.num_cpus, "num_gpus": engine.num_gpus},
         "init_args": init_args,

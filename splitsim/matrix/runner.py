@@ -126,7 +126,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
-            address=matrix.ray_address,
+            address=matrix.ray_address or "local",  # never a stale `ray start` cluster
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,

@@ -123,7 +123,7 @@ def _inference_figure(attackers: list[dict], path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6))
     for i, row in enumerate(attackers):
         scores, truth = np.asarray(row["scores"]), np.asarray(row["truth"])
-        x = np.arange(len(scores))
+        x = np.asarray(row["rounds"])
         left.scatter(x[truth == 1], scores[truth == 1], s=8, marker="o", color=f"C{i}",
                      label=f"{_name(row)}: property round")  # fmt: skip
         left.scatter(x[truth == 0], scores[truth == 0], s=8, marker="x", color=f"C{i}",
@@ -131,7 +131,7 @@ def _inference_figure(attackers: list[dict], path: Path) -> None:
         if len(np.unique(truth)) == 2:
             fpr, tpr, _ = roc_curve(truth, scores)
             right.plot(fpr, tpr, color=f"C{i}", label=f"{_name(row)}: AUC {row['auc']:.3f}")
-    left.set_xlabel("scored round")
+    left.set_xlabel("round")
     left.set_ylabel("adversary's score")
     left.legend(fontsize=6)
     right.plot([0, 1], [0, 1], color="grey", linestyle=":")

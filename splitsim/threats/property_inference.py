@@ -445,6 +445,7 @@ def _train_once(
         "accuracy_history": [h["accuracy"] for h in outcome.history],
         "features": attack.feature_separation(feats, setup.p_test, int_seed(seed, _PROBE)),
         "scored_rounds": len(inference.rounds),
+        "rounds": inference.rounds,
         "scores": inference.scores.tolist(),
         "truth": truth.tolist(),
         "failures": outcome.failures,

@@ -1,0 +1,106 @@
+"""Running on an existing Ray cluster: a head started with ``ray start --head`` on loopback, a
+small federated scenario attached to it through ``engine.ray_address``, then the head stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from splitsim.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_FL = [
+    "deployment.clients=2",
+    "role.rounds=4",
+    "role.burn_in=1",
+    "role.synthetic=2",
+    "role.records_per_round=64",
+    "role.aux_size=1000",
+    "role.compare_alphas=[]",
+    "role.projection=pca",
+    "role.projection_points=100",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_jobs(address: str) -> list[dict]:
+    """Jobs the cluster's control store knows, read from a separate process."""
+    code = (
+        "import json, sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); "
+        "print(json.dumps([{'id': j['JobID'], 'dead': j['IsDead']} for j in ray.state.jobs()]))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, address],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,  # ray.init waits for ever on an address nobody listens on
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def ray_head():
+    port = free_port()
+    # Ray's socket paths live in its temp dir and must stay under the 107-character limit.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            ray_jobs(address)
+            break
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            if time.monotonic() > deadline or head.poll() is not None:
+                head.kill()
+                pytest.fail("the Ray head did not come up")
+            time.sleep(1)
+    yield address
+    os.killpg(head.pid, signal.SIGTERM)  # --block: ending it stops the head and its processes
+    head.wait(timeout=60)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_scenario_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
+    before = ray_jobs(ray_head)
+    out = tmp_path / "runs"
+    args = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), "--out", str(out)]
+    for expr in [*TINY_FL, f"engine.ray_address={ray_head}"]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (results,) = out.rglob("results.json")
+    assert json.loads(results.read_text())["metrics"]["attackers"][0]["scored_rounds"] == 3
+    # the run's driver joined the cluster (one more job, finished) and left it running
+    after = ray_jobs(ray_head)
+    assert len(after) >= len(before) + 1
+    assert any(j["dead"] for j in after if j["id"] not in {b["id"] for b in before})
+
+
+def test_ray_address_and_ray_cpus_exclude_each_other(tmp_path, capsys):
+    args = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), "--out",
+            str(tmp_path / "runs"), "--set", "engine.ray_address=auto",
+            "--set", "engine.ray_cpus=2"]  # fmt: skip
+    assert main(args) == 2
+    assert "engine.ray_cpus: sizes a local Ray" in capsys.readouterr().err
