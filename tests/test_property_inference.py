@@ -251,3 +251,11 @@ def test_bad_property_scenario_gets_one_line_and_exit_2(case, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and expected in err, err
     assert not out.exists()
+
+
+def test_resolved_scenario_loads_again_as_a_matrix_cell_does():
+    from splitsim.scenario import load_scenario, validate
+
+    scenario = load_scenario(SCENARIO, SMALL)
+    again = validate(scenario.resolved(), "cell.yaml")
+    assert again.resolved() == scenario.resolved()

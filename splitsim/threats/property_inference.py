@@ -46,7 +46,7 @@ from splitsim.errors import ScenarioError
 from splitsim.registry import MODELS, ROLES
 from splitsim.reports import property_inference as report
 from splitsim.runs import Run
-from splitsim.scenario import Scenario
+from splitsim.scenario import Deployment, Scenario, Training
 
 # Random-stream purposes.
 _SPLIT, _SCHEDULE, _ROUND, _LOCAL, _SYNTH, _UPDATE_NOISE, _INIT, _PROBE = range(80, 88)
@@ -138,14 +138,16 @@ class PropertyInferenceParticipant:
         for name in ("tasks",):
             if getattr(scenario, name) is not None:
                 raise ScenarioError(source, name, "not used by role property_inference; remove it")
-        if scenario.training.model_fields_set:
+        # Compared with the defaults, not "was it written": a resolved scenario (a matrix
+        # cell, a run folder's scenario.yaml) spells every default out.
+        if scenario.training != Training():
             raise ScenarioError(
                 source,
                 "training",
                 "not used by role property_inference; set role.rounds, role.local_epochs, "
                 "role.local_batch_size, role.local_lr",
             )
-        if "users" in scenario.deployment.model_fields_set:
+        if scenario.deployment.users != Deployment().users:
             raise ScenarioError(
                 source, "deployment.users", "not used by role property_inference; remove it"
             )
