@@ -60,6 +60,17 @@ class Deployment(Strict):
     users: int = Field(2000, ge=1, description="data owners across all clients")
 
 
+class Fault(Strict):
+    """A simulated client failure: the participant raises, or hangs past the server's
+    ``engine.client_timeout_s``, on its first ``attempts`` tries in the rounds named."""
+
+    partition: int = Field(ge=0)
+    rounds: list[int] = Field(min_length=1)
+    phase: Literal["train", "evaluate"] = "train"
+    kind: Literal["raise", "hang"] = "raise"
+    attempts: int = Field(1, ge=1, description="consecutive tries that fail")
+
+
 class Engine(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per client actor")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client actor")
@@ -68,6 +79,14 @@ class Engine(Strict):
     ray_cpus: int | None = Field(
         None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
     )
+    on_client_failure: Literal["skip", "retry"] = Field(
+        "skip", description="a failed or timed-out client call: skip it (recorded), or retry"
+    )
+    client_retries: int = Field(2, ge=1, description="retries per call under 'retry'")
+    client_timeout_s: float | None = Field(
+        None, gt=0, description="seconds the server waits for a round's replies"
+    )
+    faults: list[Fault] = Field([], description="simulated client failures")
     ray_address: str | None = Field(
         None,
         min_length=1,
@@ -258,6 +277,18 @@ def validate(data: Any, source: str) -> Scenario:
             "every client holds one or more users",
         )
     engine = scenario.engine
+    tolerant = getattr(role, "fault_tolerant", False)
+    for key in ("faults", "on_client_failure", "client_timeout_s"):
+        if getattr(engine, key) != Engine.model_fields[key].default and not tolerant:
+            allowed = [n for n, r in ROLES.items() if getattr(r, "fault_tolerant", False)]
+            raise ScenarioError(
+                source,
+                f"engine.{key}",
+                f"role {scenario.role.name} does not handle client failures; "
+                f"allowed with: {', '.join(allowed)}",
+            )
+    if any(f.kind == "hang" for f in engine.faults) and engine.client_timeout_s is None:
+        raise ScenarioError(source, "engine.faults", "a 'hang' fault needs engine.client_timeout_s")
     if engine.ray_address is not None and engine.ray_cpus is not None:
         raise ScenarioError(
             source,

@@ -104,3 +104,38 @@ def test_ray_address_and_ray_cpus_exclude_each_other(tmp_path, capsys):
             "--set", "engine.ray_cpus=2"]  # fmt: skip
     assert main(args) == 2
     assert "engine.ray_cpus: sizes a local Ray" in capsys.readouterr().err
+
+
+def test_failing_participants_are_retried_or_skipped_and_recorded(tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), "--out", str(out)]
+    faults = (
+        "engine.faults=[{partition: 1, rounds: [2]}, "  # fails once: the retry succeeds
+        "{partition: 0, rounds: [3], attempts: 5}]"  # keeps failing: skipped after 2 retries
+    )
+    for expr in [*TINY_FL, "engine.on_client_failure=retry", faults]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (results,) = out.rglob("results.json")
+    m = json.loads(results.read_text())["metrics"]
+    seen = [(f["round"], f["partition"], f["attempt"], f["action"]) for f in m["failures"]]
+    assert seen == [(2, 1, 1, "retried"), (3, 0, 1, "retried"), (3, 0, 2, "retried"),
+                    (3, 0, 3, "skipped")]  # fmt: skip
+    assert all("participant" in f["reason"] and "failed in round" in f["reason"]
+               for f in m["failures"])  # fmt: skip
+    # FedAvg went on with whoever answered: round 3 aggregated two uploads of three
+    lines = [json.loads(x) for x in (results.parent / "wire.jsonl").read_text().splitlines()]
+    uploads = {}
+    for line in lines:
+        if line["sender"] != "server" and line["phase"].endswith("train"):
+            uploads[line["round"]] = uploads.get(line["round"], 0) + 1
+    assert uploads == {1: 3, 2: 3, 3: 2, 4: 3}
+    assert m["attackers"][0]["scored_rounds"] == 3
+
+
+def test_fault_settings_on_a_role_that_cannot_take_them(tmp_path, capsys):
+    args = ["run", str(ROOT / "scenarios" / "mnist_probe.yaml"), "--out", str(tmp_path / "r"),
+            "--set", "engine.faults=[{partition: 0, rounds: [1]}]"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "engine.faults: role perturbation_probe does not handle client failures" in err

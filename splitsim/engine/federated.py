@@ -17,8 +17,10 @@ in the ``evaluate`` message of the same round.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -29,43 +31,98 @@ from flwr.serverapp.strategy import FedAvg
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.simulation import fast_polling
 from splitsim.engine.wire import WireLog
+from splitsim.scenario import Engine, Fault
 
 
 class LoggedGrid:
-    """A Grid that writes every message it sends and receives to the wire log."""
+    """A Grid that writes every message it sends and receives to the wire log and applies the
+    scenario's client-failure policy: a call that returns an error, or no reply before the
+    timeout, is retried (``retry``, up to ``retries`` times) or left out (``skip``); either way
+    the strategy aggregates the replies it has, and every failure is recorded."""
 
     def __init__(
-        self, grid: Grid, wire: WireLog, on_round: Callable[[int, str], None], prefix: str = ""
+        self,
+        grid: Grid,
+        wire: WireLog,
+        on_round: Callable[[int, str], None],
+        prefix: str = "",
+        policy: str = "skip",
+        retries: int = 0,
+        failures: list[dict] | None = None,
     ) -> None:
         self._grid = grid
         self._prefix = prefix
         self._wire = wire
         self._on_round = on_round
+        self._policy = policy
+        self._retries = retries
+        self.failures = failures if failures is not None else []
+        self._partition: dict[int, int] = {}
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._grid, name)
+
+    def _exchange(
+        self, messages: list[Message], rnd: int, phase: str, timeout: float | None
+    ) -> dict[int, Message]:
+        for msg in messages:
+            self._wire.to_node(rnd, phase, msg.metadata.dst_node_id, msg.content)
+        got: dict[int, Message] = {}
+        for reply in self._grid.send_and_receive(messages, timeout=timeout):
+            got[reply.metadata.src_node_id] = reply
+            if not reply.has_error():
+                self._wire.from_node(rnd, phase, reply)
+                self._partition[reply.metadata.src_node_id] = int(
+                    reply.content["metrics"]["partition"]
+                )
+        return got
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
         messages = list(messages)
-        phase, rnd = "", 0
-        for msg in messages:
-            phase = self._prefix + msg.metadata.message_type
-            rnd = int(msg.content["config"].get("server-round", 0))
-            self._wire.to_node(rnd, phase, msg.metadata.dst_node_id, msg.content)
-        replies = list(self._grid.send_and_receive(messages, timeout=timeout))
-        for reply in replies:
-            if not reply.has_error():
-                self._wire.from_node(rnd, phase, reply)
+        if not messages:
+            return []
+        phase = self._prefix + messages[0].metadata.message_type
+        rnd = int(messages[0].content["config"].get("server-round", 0))
+        pending = {m.metadata.dst_node_id: m for m in messages}
+        done: dict[int, Message] = {}
+        attempt = 0
+        while pending:
+            got = self._exchange(list(pending.values()), rnd, phase, timeout)
+            failed = {}
+            for node, msg in pending.items():
+                reply = got.get(node)
+                if reply is not None and not reply.has_error():
+                    done[node] = reply
+                    continue
+                reason = reply.error.reason if reply is not None else "no reply before timeout"
+                last = self._policy == "skip" or attempt >= self._retries
+                self.failures.append(
+                    {
+                        "round": rnd,
+                        "phase": phase,
+                        "node": node,
+                        "partition": self._partition.get(node),
+                        "attempt": attempt + 1,
+                        "reason": (reason.strip().splitlines() or [""])[-1].rstrip("'>")[:300],
+                        "action": "skipped" if last else "retried",
+                    }
+                )
+                if not last:
+                    failed[node] = Message(
+                        msg.content, dst_node_id=node, message_type=msg.metadata.message_type
+                    )
+            pending = failed
+            attempt += 1
         self._on_round(rnd, phase)
-        return replies
+        return [done[m.metadata.dst_node_id] for m in messages if m.metadata.dst_node_id in done]
 
 
 class OrderedFedAvg(FedAvg):
-    """Flower's FedAvg, aggregating replies in partition order; failures are recorded."""
+    """Flower's FedAvg, aggregating replies in partition order."""
 
-    def __init__(self, nodes: int, failures: list[dict], **kwargs: object) -> None:
+    def __init__(self, nodes: int, **kwargs: object) -> None:
         super().__init__(
             fraction_train=1.0,
             fraction_evaluate=1.0,
@@ -74,20 +131,9 @@ class OrderedFedAvg(FedAvg):
             min_available_nodes=nodes,
             **kwargs,
         )
-        self.failures = failures
 
-    def _ordered(self, server_round: int, phase: str, replies: Iterable[Message]) -> list[Message]:
-        replies = list(replies)
-        for reply in replies:
-            if reply.has_error():
-                self.failures.append(
-                    {
-                        "round": server_round,
-                        "phase": phase,
-                        "node": reply.metadata.src_node_id,
-                        "reason": reply.error.reason,
-                    }
-                )
+    @staticmethod
+    def _ordered(replies: Iterable[Message]) -> list[Message]:
         return sorted(
             replies,
             key=lambda m: -1 if m.has_error() else int(m.content["metrics"]["partition"]),
@@ -96,13 +142,12 @@ class OrderedFedAvg(FedAvg):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        return super().aggregate_train(server_round, self._ordered(server_round, "train", replies))
+        return super().aggregate_train(server_round, self._ordered(replies))
 
     def aggregate_evaluate(
         self, server_round: int, replies: Iterable[Message]
     ) -> MetricRecord | None:
-        ordered = self._ordered(server_round, "evaluate", replies)
-        return super().aggregate_evaluate(server_round, ordered)
+        return super().aggregate_evaluate(server_round, self._ordered(replies))
 
 
 @dataclass
@@ -123,6 +168,7 @@ def server_app(
     wire: WireLog,
     outcome: FederatedOutcome,
     on_round: Callable[[int, str], None],
+    engine: Engine,
     phase_prefix: str = "",
 ) -> ServerApp:
     app = ServerApp()
@@ -131,7 +177,16 @@ def server_app(
     def main(grid: Grid, context: Context) -> None:
         try:
             fast_polling(grid)
-            strategy = OrderedFedAvg(nodes, outcome.failures)
+            strategy = OrderedFedAvg(nodes)
+            logged = LoggedGrid(
+                grid,
+                wire,
+                on_round,
+                phase_prefix,
+                policy=engine.on_client_failure,
+                retries=engine.client_retries,
+                failures=outcome.failures,
+            )
 
             def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
                 row = {"round": float(server_round), **evaluate(record_to_arrays(arrays))}
@@ -139,7 +194,8 @@ def server_app(
                 return MetricRecord(row)
 
             result = strategy.start(
-                grid=LoggedGrid(grid, wire, on_round, phase_prefix),
+                grid=logged,
+                timeout=engine.client_timeout_s or 3600.0,
                 initial_arrays=arrays_to_record(initial),
                 num_rounds=rounds,
                 train_config=ConfigRecord({"phase": "train"}),
@@ -157,14 +213,23 @@ def server_app(
 Handler = Callable[[int, int, dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict]]
 
 
-def client_app(train: Handler, evaluate: Handler) -> ClientApp:
+def client_app(
+    train: Handler,
+    evaluate: Handler,
+    faults: list[Fault] | None = None,
+    storage: str | None = None,
+) -> ClientApp:
     """``train(partition, round, global_weights) -> (weights, metrics)`` and the same for
-    ``evaluate`` (weights ignored); ``metrics`` must hold ``num-examples``."""
+    ``evaluate`` (weights ignored); ``metrics`` must hold ``num-examples``. ``faults`` make
+    chosen participants fail on chosen rounds (scenario ``engine.faults``), their tries
+    counted in the participants' ``storage``."""
     app = ClientApp()
 
     def reply(msg: Message, handler: Handler, with_arrays: bool, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
         rnd = int(msg.content["config"]["server-round"])
+        if faults:
+            _maybe_fail(faults, pid, rnd, msg.metadata.message_type, Path(storage or "."))
         weights, metrics = handler(pid, rnd, record_to_arrays(msg.content["arrays"]))
         content = RecordDict({"metrics": MetricRecord({**metrics, "partition": pid})})
         if with_arrays:
@@ -180,3 +245,27 @@ def client_app(train: Handler, evaluate: Handler) -> ClientApp:
         return reply(msg, evaluate, False, context)
 
     return app
+
+
+class SimulatedFault(RuntimeError):
+    """A participant failure the scenario asked for (``engine.faults``)."""
+
+
+def _maybe_fail(faults: list[Fault], pid: int, rnd: int, phase: str, storage: Path) -> None:
+    for fault in faults:
+        if fault.partition != pid or rnd not in fault.rounds or fault.phase != phase:
+            continue
+        # Tries are counted in the participant's storage: Flower drops a node's context.state
+        # changes when its ClientApp raises, and a retry may run in another Ray actor.
+        counter = storage / f"tries-{pid}-{phase}-{rnd}"
+        count = (int(counter.read_text()) if counter.exists() else 0) + 1
+        counter.write_text(str(count))
+        if count > fault.attempts:
+            return
+        if fault.kind == "hang":
+            time.sleep(HANG_S)
+            return
+        raise SimulatedFault(f"participant {pid} failed in round {rnd} ({phase}, try {count})")
+
+
+HANG_S = 30.0  # a hanging participant answers this late: past any sensible client_timeout_s

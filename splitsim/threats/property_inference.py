@@ -109,6 +109,7 @@ class PropertyInferenceParticipant:
             return self
 
     stages = ("update", "training")
+    fault_tolerant = True  # engine.faults / on_client_failure: FedAvg aggregates who answered
     models = {"federated": "feature_mlp"}
     report = report
     adaptive_override = "role.adaptive=true"
@@ -160,6 +161,13 @@ class PropertyInferenceParticipant:
             raise ScenarioError(
                 source, "role.task_groups", "classes are Fashion-MNIST class numbers 0-9"
             )
+        for i, fault in enumerate(scenario.engine.faults):
+            if fault.partition > clients:
+                raise ScenarioError(
+                    source,
+                    f"engine.faults.{i}.partition",
+                    f"participants are 0-{clients - 1}, the adversary {clients}",
+                )
         most = min(30_000, 60_000 - 4 * clients * p.records_per_round)
         if p.aux_size > most:
             raise ScenarioError(
@@ -424,9 +432,10 @@ def _train_once(
         with run.phase(label, 2 * p.rounds) as advance:
             server = federated.server_app(
                 initial, p.rounds, nodes, evaluate_global, wire, outcome,
-                lambda rnd, phase: advance(), f"alpha {alpha:g} ",
+                lambda rnd, phase: advance(), scenario.engine, f"alpha {alpha:g} ",
             )  # fmt: skip
-            simulate(server, federated.client_app(train, evaluate), nodes, scenario.engine)
+            clients = federated.client_app(train, evaluate, scenario.engine.faults, str(storage))
+            simulate(server, clients, nodes, scenario.engine)
         if outcome.error is not None:
             raise RuntimeError(f"the Flower ServerApp failed: {outcome.error}") from outcome.error
         if outcome.weights is None:
