@@ -22,12 +22,12 @@ ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = {
     "scenario": str(ROOT / "scenarios" / "hidden_covid_app.yaml"),
     "set": [
-        "dataset.train_records=4000",
+        "dataset.train_records=3000",
         "dataset.test_records=500",
-        "training.epochs=10",
+        "training.epochs=6",
         "deployment.clients=2",
         "deployment.users=400",
-        "role.adaptive_epochs=3",
+        "role.adaptive_epochs=2",
     ],
 }
 INVERSION = {

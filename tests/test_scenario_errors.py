@@ -46,8 +46,8 @@ CASES = {
     "unknown_defence": (
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
         "defences.0.name: unknown defence 'lapalce'; "
-        "allowed: input_noise, laplace, nopeek, query_budget, randomised_response, rounding, "
-        "weight_noise",
+        "allowed: dp_sgd, input_noise, laplace, nopeek, query_budget, randomised_response, "
+        "rounding, update_noise, weight_noise",
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),
