@@ -4,7 +4,10 @@ The ServerApp is honest: Flower's own ``FedAvg`` strategy (``flwr.serverapp.stra
 nodes in every round, weighted by ``num-examples``. Two changes, both for repeatable runs:
 replies are aggregated in partition order (Flower aggregates in arrival order, and float sums
 depend on the order), and the server evaluates the global model on the public test set after
-every round (``evaluate_fn``). Every message crosses a wire-logged grid.
+every round (``evaluate_fn``). Every message crosses a wire-logged grid, which also applies the
+scenario's client-failure policy (``engine.on_client_failure``: skip or retry a participant that
+raises or does not answer in time) and records every failure; ``engine.faults`` makes chosen
+participants fail on purpose.
 
 Each round, a participant's ``train`` handler receives the global weights (``arrays``), trains
 on the records it holds this round and replies with its weights and ``num-examples``. Honest
