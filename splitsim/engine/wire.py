@@ -84,3 +84,16 @@ class WireLog:
 
 def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def client_records(path: Path) -> list[str]:
+    """``record.entry`` names of everything clients sent, from a wire log (for reports)."""
+    return sorted(
+        {
+            f"{rec['name']}.{key}"
+            for line in read(path)
+            if line["sender"] != "server"
+            for rec in line["records"]
+            for key in rec["entries"]
+        }
+    )

@@ -37,6 +37,7 @@ from splitsim.engine.score_deployment import (
 )
 from splitsim.engine.simulation import resolve_device, simulate
 from splitsim.engine.wire import WireLog
+from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, majority_rate
 from splitsim.registry import DATASETS, MODELS, ROLES
@@ -252,15 +253,7 @@ class HiddenLearningSupplier:
                     "accuracy": accuracy(decoded[name], y),
                     "chance": majority_rate(y),
                 }
-        client_records = sorted(
-            {
-                f"{rec['name']}.{key}"
-                for line in _wire_lines(run)
-                if line["sender"] != "server"
-                for rec in line["records"]
-                for key in rec["entries"]
-            }
-        )
+        client_records = wire_records(run.folder / "wire.jsonl")
         honest_scores = predict_scores(models.honest.official, test.x)
         hidden_scores = predict_scores(models.hidden.official, test.x)
         return {
@@ -290,9 +283,3 @@ def _official_chance(y: np.ndarray) -> float:
     if y.ndim == 1:
         return majority_rate(y)
     return float(np.mean([majority_rate(y[:, j]) for j in range(y.shape[1])]))
-
-
-def _wire_lines(run: Run) -> list[dict]:
-    from splitsim.engine.wire import read
-
-    return read(run.folder / "wire.jsonl")

@@ -40,7 +40,7 @@ from splitsim.engine.split_training import (
     train_partition,
 )
 from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import read as read_wire
+from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.metrics import (
     accuracy,
@@ -327,15 +327,7 @@ class ModelInversionServer:
                     | _leakage(judge, x_test[test_ids], recon, truth)
                 )
                 sweep_pictures.append(recon[pictures])
-        client_records = sorted(
-            {
-                f"{rec['name']}.{key}"
-                for line in read_wire(run.folder / "wire.jsonl")
-                if line["sender"] != "server"
-                for rec in line["records"]
-                for key in rec["entries"]
-            }
-        )
+        client_records = wire_records(run.folder / "wire.jsonl")
         train_pictures = _one_per_class(y_train[train_ids]) if recon_train is not None else None
         return {
             "metrics": {

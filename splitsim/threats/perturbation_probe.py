@@ -43,7 +43,7 @@ from splitsim.engine.probe_oracle import ProbeOutcome, Session, client_app, serv
 from splitsim.engine.simulation import simulate
 from splitsim.engine.split_training import test_partition
 from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import read as read_wire
+from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
@@ -259,15 +259,7 @@ class PerturbationProber:
                 )
                 pictures[k] = recon
                 advance()
-        client_records = sorted(
-            {
-                f"{rec['name']}.{key}"
-                for line in read_wire(run.folder / "wire.jsonl")
-                if line["sender"] != "server"
-                for rec in line["records"]
-                for key in rec["entries"]
-            }
-        )
+        client_records = wire_records(run.folder / "wire.jsonl")
         one_per_class = np.array([int(np.argmax(truth_y == c)) for c in np.unique(truth_y)])
         common = int(np.bincount(truth_y).argmax())
         # Style is judged without defences where the table has such sessions.

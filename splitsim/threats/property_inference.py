@@ -41,7 +41,7 @@ from splitsim.engine.local_training import flat_parameters, load_flat, train_loc
 from splitsim.engine.node_state import state_root
 from splitsim.engine.simulation import simulate
 from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import read as read_wire
+from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.registry import MODELS, ROLES
 from splitsim.reports import property_inference as report
@@ -211,15 +211,7 @@ class PropertyInferenceParticipant:
                 feats = setup.features(weights, setup.x_test[pick])
                 projections[f"{alpha:g}"] = report.project(feats, p.projection, scenario.seed)
                 advance()
-        client_records = sorted(
-            {
-                f"{rec['name']}.{key}"
-                for line in read_wire(run.folder / "wire.jsonl")
-                if line["sender"] != "server"
-                for rec in line["records"]
-                for key in rec["entries"]
-            }
-        )
+        client_records = wire_records(run.folder / "wire.jsonl")
         passive = next((a for a in attackers if a["alpha"] == 1.0), None)
         active = attackers[0]
         dp = [d for d in setup.defences if d.stage == "training"]
