@@ -72,6 +72,7 @@ def flower(owners: int, images: int, epochs: int) -> dict:
         "round_trips": outcome.round_trips,
         "ms_per_client_batch": 1000 * training / max(1, steps),
         "messages": wire.messages,
+        "bytes": wire.bytes["to_clients"] + wire.bytes["from_clients"],
         "accuracy": outcome.history[-1]["train_accuracy"],
     }
 

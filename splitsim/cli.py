@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 from rich.console import Console
 
@@ -66,29 +65,14 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from splitsim.scenario import load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)  # bad input stops here, no folder yet
+    if scenario.engine.mode == "deployment":
+        from splitsim.engine.deployment import run_deployed
 
-    from splitsim import reports
-    from splitsim.registry import ROLES
-    from splitsim.runs import open_run, versions
+        return EXIT_OK if run_deployed(scenario, console, args.out) else EXIT_FAILED
 
-    started = time.perf_counter()
-    role = ROLES.get(scenario.role.name)
-    console.print(f"[bold]{scenario.name}[/bold]: role {scenario.role.name}, seed {scenario.seed}")
-    with open_run(scenario, console, args.out) as run:
-        outcome = role.run(scenario, run)
-        results = {
-            "scenario": scenario.name,
-            "role": scenario.role.name,
-            "seed": scenario.seed,
-            "defences": [spec.model_dump() for spec in scenario.defences],
-            "tasks": scenario.tasks.model_dump() if scenario.tasks else None,
-            "metrics": outcome["metrics"],
-            "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
-            "versions": versions(),
-        }
-        reports.write(run.folder, scenario.name, results, outcome["plots"], role)
-    console.print(role.report.console_table(results["metrics"]))
-    console.print(f"run folder: [bold]{run.folder}[/bold]")
+    from splitsim.execute import run_scenario
+
+    run_scenario(scenario, console, args.out)
     return EXIT_OK
 
 

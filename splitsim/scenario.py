@@ -93,6 +93,12 @@ class Engine(Strict):
         description="attach to an existing Ray cluster ('auto', 'host:port' or "
         "'ray://host:port') instead of starting a local Ray",
     )
+    mode: Literal["simulation", "deployment"] = Field(
+        "simulation",
+        description="'simulation': Flower's Ray simulation engine in this process; "
+        "'deployment': a SuperLink and one SuperNode per client as separate processes on "
+        "loopback, the scenario's ServerApp hosted by the SuperLink",
+    )
 
 
 class Tasks(Strict):
@@ -295,6 +301,15 @@ def validate(data: Any, source: str) -> Scenario:
             "engine.ray_cpus",
             "sizes a local Ray; an existing cluster (engine.ray_address) has its own size",
         )
+    if engine.mode == "deployment":
+        for key in ("ray_address", "ray_cpus"):
+            if getattr(engine, key) is not None:
+                raise ScenarioError(
+                    source,
+                    f"engine.{key}",
+                    "applies to the Ray simulation engine; engine.mode 'deployment' runs "
+                    "SuperNodes, not Ray actors",
+                )
     if engine.ray_cpus is not None and engine.num_cpus > engine.ray_cpus:
         raise ScenarioError(
             source,

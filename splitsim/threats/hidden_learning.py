@@ -68,6 +68,12 @@ class HiddenLearningSupplier:
         adaptive_epochs: int = Field(10, ge=1, description="fine-tuning epochs when adaptive")
 
     stages = ("payload", "weights")
+
+    @staticmethod
+    def flower_nodes(scenario: Scenario) -> int:
+        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
+        return scenario.deployment.clients
+
     models = {"official": "health_mlp", "secret": "secret_mlp"}
     report = report
     adaptive_override = "role.adaptive=true"

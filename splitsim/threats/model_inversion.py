@@ -95,6 +95,12 @@ class ModelInversionServer:
         )
 
     stages = ("payload", "loss")
+
+    @staticmethod
+    def flower_nodes(scenario: Scenario) -> int:
+        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
+        return scenario.deployment.clients
+
     models = {"split": "split_cnn"}
     report = report
     adaptive_override = "role.adaptive=true"

@@ -82,6 +82,12 @@ class PerturbationProber:
         )
 
     stages = ("input", "answer", "budget")
+
+    @staticmethod
+    def flower_nodes(scenario: Scenario) -> int:
+        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
+        return scenario.deployment.clients
+
     models = {"served": "probe_cnn"}
     report = report
     adaptive_override = None  # the adversary trains on its own undefended model

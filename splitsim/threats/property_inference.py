@@ -110,6 +110,12 @@ class PropertyInferenceParticipant:
 
     stages = ("update", "training")
     fault_tolerant = True  # engine.faults / on_client_failure: FedAvg aggregates who answered
+
+    @staticmethod
+    def flower_nodes(scenario: Scenario) -> int:
+        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
+        return scenario.deployment.clients + 1
+
     models = {"federated": "feature_mlp"}
     report = report
     adaptive_override = "role.adaptive=true"

@@ -1,0 +1,190 @@
+"""``engine.mode: deployment``: the scenario under Flower's deployment engine on loopback.
+
+One ``flower-superlink`` and one ``flower-supernode`` per Flower node of the role, each its own
+process, then ``flwr run`` submits the package's Flower App (splitsim/flower_app.py) with the
+resolved scenario as its run config. The SuperLink starts the ServerApp process, which runs the
+whole scenario into the run folder; SuperNodes start a ClientApp process per message, as
+Flower's deployment engine does. Processes and the Flower home live in a temporary folder that
+is removed afterwards unless the run failed (its logs are named then).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from splitsim.registry import ROLES
+from splitsim.scenario import Scenario
+
+CONNECTION = "splitsim-loopback"
+START_WAIT_S = 60.0
+
+APP_TOML = """\
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "splitsim-deployment"
+version = "1.0.0"
+description = "splitsim scenario under Flower's deployment engine"
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "splitsim"
+
+[tool.flwr.app.components]
+serverapp = "splitsim.flower_app:server"
+clientapp = "splitsim.flower_app:client"
+
+[tool.flwr.app.config]
+scenario = ""
+set = ""
+out = ""
+job-dir = ""
+result-file = ""
+"""
+
+
+def flower_tool(name: str) -> str:
+    """A Flower command of this Python's installation (the one that runs the scenario)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} not found: install flwr in this environment")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_WAIT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(
+                f"a Flower process exited at start (exit {process.returncode}); see {log}"
+            )
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(
+        f"a Flower process did not listen on port {port} within {START_WAIT_S:.0f} s; see {log}"
+    )
+
+
+@contextmanager
+def loopback(nodes: int, work: Path, threads: int) -> Iterator[dict[str, str]]:
+    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1; yields the environment for ``flwr``.
+    A SuperNode's ClientApps get ``threads`` CPU threads, as a Ray actor with that many CPUs
+    does (Ray sets OMP_NUM_THREADS), so their float reductions run in the same order."""
+    env = {**os.environ, "FLWR_HOME": str(work / "flwr-home")}
+    Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    processes: list[subprocess.Popen] = []
+
+    def start(name: str, args: list[str], extra: dict[str, str] | None = None) -> subprocess.Popen:
+        log = work / f"{name}.log"
+        handle = log.open("w")
+        process = subprocess.Popen(
+            args, env={**env, **(extra or {})}, stdout=handle, stderr=subprocess.STDOUT
+        )
+        processes.append(process)
+        return process
+
+    try:
+        link = start("superlink", [
+            flower_tool("flower-superlink"), "--insecure", "--port", str(port),
+            # the app runs in this environment: no per-run virtualenv, no installs
+            "--disable-runtime-dependency-installation",
+        ])  # fmt: skip
+        _wait_for_port(port, link, work / "superlink.log")
+        for pid in range(nodes):
+            node_port = free_port()
+            node = start(f"supernode-{pid}", [
+                flower_tool("flower-supernode"), "--insecure",
+                "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
+                "--node-config", f"partition-id={pid} num-partitions={nodes}",
+            ], {"OMP_NUM_THREADS": str(threads)})  # fmt: skip
+            _wait_for_port(node_port, node, work / f"supernode-{pid}.log")
+        (Path(env["FLWR_HOME"]) / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+        )
+        yield env
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def flwr_run(app: Path, config: dict[str, str], env: dict[str, str], work: Path) -> None:
+    """``flwr run <app> <loopback connection> --stream`` with ``config`` as the run config
+    (written to a TOML file: no shell quoting); returns when the run's log stream ends."""
+    run_config = work / "run_config.toml"
+    run_config.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in config.items()))
+    command = [flower_tool("flwr"), "run", str(app), CONNECTION, "--run-config", str(run_config)]
+    subprocess.run([*command, "--stream"], env=env, check=False)
+
+
+def wait_for_file(path: Path, seconds: float = 30.0) -> bool:
+    """The ServerApp writes its result file as it ends, possibly after the last log line."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return path.exists()
+
+
+def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
+    """Run ``scenario`` on a loopback SuperLink and SuperNodes; True when its run folder is
+    complete. The ServerApp process prints the progress and the closing table."""
+    nodes = ROLES.get(scenario.role.name).flower_nodes(scenario)
+    work = Path(tempfile.mkdtemp(prefix="splitsim-deploy-"))
+    app = work / "app"
+    app.mkdir()
+    (app / "pyproject.toml").write_text(APP_TOML)
+    scenario_file = work / "scenario.yaml"
+    scenario_file.write_text(yaml.safe_dump(scenario.resolved(), sort_keys=False))
+    result_file = work / "result.json"
+    config = {
+        "scenario": str(scenario_file),
+        "out": str(Path(out or scenario.output_dir).resolve()),
+        "job-dir": str(work / "jobs"),
+        "result-file": str(result_file),
+    }
+    console.print(
+        f"Flower deployment engine: 1 SuperLink and {nodes} SuperNodes on loopback (logs in {work})"
+    )
+    started = time.perf_counter()
+    with loopback(nodes, work, max(1, int(scenario.engine.num_cpus))) as env:
+        flwr_run(app, config, env, work)
+        wait_for_file(result_file)
+    outcome = json.loads(result_file.read_text()) if result_file.exists() else {}
+    if "folder" in outcome:
+        console.print(f"deployment engine: {time.perf_counter() - started:.1f} s")
+        shutil.rmtree(work, ignore_errors=True)
+        return True
+    reason = outcome.get("error", "no result from the ServerApp")
+    console.print(f"[red]the deployed run failed[/red]: {reason}; Flower logs in {work}")
+    return False
