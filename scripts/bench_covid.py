@@ -30,14 +30,16 @@ BUDGET_S = 300.0
 
 def plain_inference_s(scenario) -> float:
     """The deployment's computation without Flower: every partition through the network."""
-    dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed)
+    dataset = DATASETS.get(scenario.dataset.name)(
+        scenario.dataset.params, scenario.seed, scenario.tasks
+    )
     sizes = partition_sizes(scenario.deployment.users, scenario.deployment.clients)
     start = time.perf_counter()
     net = None
     for pid in range(len(sizes)):
         users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
         if net is None:
-            net = official_network(scenario, users.x.shape[1]).eval()
+            net = official_network(scenario, tuple(users.x.shape[1:])).eval()
         with torch.no_grad():
             net.scores(torch.as_tensor(users.x))
     return time.perf_counter() - start
