@@ -4,8 +4,10 @@
     python scripts/bench_scale.py --covid 10,100 --split ""        # a subset
 
 - Covid app (``scenarios/hidden_covid_app.yaml``) with 10, 100, 1,000 and 10,000 data owners,
-  each a Flower node of the Ray simulation engine; phones = max(2,000, owners). The supplier's
-  training is cut to ``--covid-epochs`` (default 5) because it does not depend on the owners.
+  each a Flower node of the Ray simulation engine (phones = max(2,000, owners)); and 10,000
+  owners (phones) held by 100 Flower nodes, the scenario's own way to model many phones
+  (``--grouped``). The supplier's training is cut to ``--covid-epochs`` (default 5) because it
+  does not depend on the owners.
 - Split training (``scenarios/mnist_inversion.yaml``, the paper's CNN) with 10 and 100 data
   owners over ``--split-images`` MNIST images, one epoch.
 
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def covid(owners: int, epochs: int) -> dict:
+def covid(owners: int, epochs: int, nodes: int | None = None) -> dict:
     import bench_covid
 
     from splitsim.cli import main as splitsim_main
@@ -42,8 +44,8 @@ def covid(owners: int, epochs: int) -> dict:
 
     path = str(ROOT / "scenarios" / "hidden_covid_app.yaml")
     overrides = [
-        f"deployment.clients={owners}",
-        f"deployment.users={max(2000, owners)}",
+        f"deployment.clients={nodes or owners}",
+        f"deployment.users={owners if nodes else max(2000, owners)}",
         f"training.epochs={epochs}",
     ]
     with tempfile.TemporaryDirectory() as out:
@@ -134,14 +136,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--covid", default="10,100,1000,10000", help="owners, comma-separated")
     parser.add_argument("--split", default="10,100", help="owners, comma-separated")
+    parser.add_argument(
+        "--grouped",
+        default="10000:100",
+        help="OWNERS:NODES pairs, comma-separated: Covid owners (phones) held by fewer nodes",
+    )
     parser.add_argument("--covid-epochs", type=int, default=5)
     parser.add_argument("--split-images", type=int, default=3200)
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs="+", help=argparse.SUPPRESS)  # KIND OWNERS [NODES]
     args = parser.parse_args()
     if args.one:
         kind, owners = args.one[0], int(args.one[1])
+        nodes = int(args.one[2]) if len(args.one) > 2 else 0
         result = (
-            covid(owners, args.covid_epochs)
+            covid(owners, args.covid_epochs, nodes)
             if kind == "covid"
             else split(owners, args.split_images)
         )
@@ -153,10 +161,14 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for owners in [int(k) for k in args.covid.split(",") if k]:
-        r = measure(["covid", str(owners), "--covid-epochs", str(args.covid_epochs)])
-        print(row("Covid app", owners, r), flush=True)
+        r = measure(["covid", str(owners), "0", "--covid-epochs", str(args.covid_epochs)])
+        print(row("Covid app, a node per owner", owners, r), flush=True)
+    for pair in [p for p in args.grouped.split(",") if p]:
+        owners, nodes = (int(k) for k in pair.split(":"))
+        r = measure(["covid", str(owners), str(nodes), "--covid-epochs", str(args.covid_epochs)])
+        print(row(f"Covid app, phones on {nodes} nodes", owners, r), flush=True)
     for owners in [int(k) for k in args.split.split(",") if k]:
-        r = measure(["split", str(owners), "--split-images", str(args.split_images)])
+        r = measure(["split", str(owners), "0", "--split-images", str(args.split_images)])
         print(row(f"split training ({args.split_images} images)", owners, r), flush=True)
 
 
