@@ -64,11 +64,9 @@ def main(grid: Grid, context: Context) -> None:
             finally:
                 shutil.rmtree(host.folder, ignore_errors=True)
         outcome = {"folder": str(folder.resolve())}
-    except ScenarioError as err:
-        outcome = {"error": f"error: {err}", "bad_input": "true"}
-        raise
     except BaseException as err:
-        outcome = {"error": f"{type(err).__name__}: {err}"}
+        bad_input = isinstance(err, ScenarioError)  # the CLI's one-line form
+        outcome = {"error": f"error: {err}" if bad_input else f"{type(err).__name__}: {err}"}
         raise
     finally:
         if result_file:

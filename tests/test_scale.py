@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from splitsim.cli import main
+from splitsim.engine.deployment import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FL = [
@@ -30,12 +30,6 @@ TINY_FL = [
     "role.projection=pca",
     "role.projection_points=100",
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ray_jobs(address: str) -> list[dict]:

@@ -15,9 +15,7 @@ loopback; a shared mount across machines), like the split-learning node-state fi
 
 from __future__ import annotations
 
-import os
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,6 +25,9 @@ import cloudpickle
 from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
+
+from splitsim.engine.simulation import wait_for_nodes
+from splitsim.runs import write_atomic
 
 NODE_WAIT_S = 120.0
 
@@ -49,23 +50,23 @@ class Hosted:
     def serve(self, server_app: ServerApp, client_app: ClientApp, nodes: int) -> None:
         self.phase += 1
         self.folder.mkdir(parents=True, exist_ok=True)
-        _write_atomic(self.folder / f"client-{self.phase}.pkl", cloudpickle.dumps(client_app))
-        _write_atomic(self.folder / "current", str(self.phase).encode())
+        write_atomic(self.folder / f"client-{self.phase}.pkl", cloudpickle.dumps(client_app))
+        write_atomic(self.folder / "current", str(self.phase))
         self._wait_for(nodes)
         server_app(self.grid, self.context)
 
     def _wait_for(self, nodes: int) -> None:
-        deadline = time.monotonic() + NODE_WAIT_S
-        while (found := len(list(self.grid.get_node_ids()))) < nodes:
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the scenario needs {nodes} Flower nodes but {found} connected to the "
-                    f"SuperLink within {NODE_WAIT_S:.0f} s: start {nodes} SuperNodes with "
-                    f"--node-config 'partition-id=<0..{nodes - 1}> num-partitions={nodes}', "
-                    f"or for Flower's local simulation pass "
-                    f"--federation-config 'num-supernodes={nodes}' to flwr run"
-                )
-            time.sleep(0.2)
+        try:
+            wait_for_nodes(self.grid, nodes, NODE_WAIT_S)
+        except TimeoutError as err:
+            found = len(list(self.grid.get_node_ids()))
+            raise RuntimeError(
+                f"the scenario needs {nodes} Flower nodes but {found} connected to the "
+                f"SuperLink within {NODE_WAIT_S:.0f} s: start {nodes} SuperNodes with "
+                f"--node-config 'partition-id=<0..{nodes - 1}> num-partitions={nodes}', "
+                f"or for Flower's local simulation pass "
+                f"--federation-config 'num-supernodes={nodes}' to flwr run"
+            ) from err
 
 
 _hosted: Hosted | None = None
@@ -105,9 +106,3 @@ def published_client(context: Context) -> ClientApp:
         app = cloudpickle.loads((folder / f"client-{phase.decode()}.pkl").read_bytes())
         cached = _loaded[folder] = (phase, app)
     return cached[1]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)

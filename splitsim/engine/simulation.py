@@ -55,13 +55,13 @@ def quiet_flower() -> None:
 def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: Engine) -> None:
     """Run one Flower phase of a role: on the SuperLink's grid when a SuperLink hosts this
     scenario (engine/hosting.py), else in Flower's Ray simulation engine."""
-    from flwr.simulation import run_simulation
-
     from splitsim.engine import hosting
 
     if (host := hosting.current()) is not None:
         host.serve(server_app, client_app, nodes)
         return
+    from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
+
     quiet_flower()
     run_simulation(
         server_app=server_app,
