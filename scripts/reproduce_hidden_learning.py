@@ -8,6 +8,9 @@ written atomically to ``<out>/<experiment>_seed<k>_e<epochs>.json``. Running the
 finished experiments back instead of training them again, so an interrupted reproduction resumes.
 The markdown tables ``table1_e<epochs>.md`` and ``table2_e<epochs>.md`` put our numbers (mean ± sample std over
 seeds) beside the paper's. Uses CUDA when present (``--device auto``).
+
+``--released logits`` (the default) has N_s read N_o's logits, the paper's R^{k_o} codomain
+(Remark 1); ``--released probabilities`` the softmax, written to ``<dataset>_probabilities``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from splitsim.runs import write_atomic
 
 PAPER_TABLE1 = {  # experiment -> dataset -> (To: and, then; Ts: and, then, only), in %
     "C2-C10": {"cifar10": (73.5, 74.9, 43.5, 21.3, 47.5), "fashion_mnist": (94.2, 94.3, 85.3, 50.2, 86.5)},
@@ -52,6 +57,8 @@ PAPER_TABLE2_0075 = {
     "F5-L2": {"cifar10": (37.3, 39.3), "fashion_mnist": (79.9, 74.6)},
 }  # fmt: skip
 
+JOB_KEYS = ("dataset", "experiment", "seed", "epochs", "reweight", "released", "train_limit")
+
 
 def run_one(job: dict) -> dict:
     """Train one (experiment, seed) and return its JSON-able result."""
@@ -70,7 +77,10 @@ def run_one(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     torch.backends.cudnn.benchmark = True
     official_task, secret_task = job["experiment"].split("-")
-    tasks = Tasks(official=official_task, secret=secret_task, reweight=job["reweight"])
+    tasks = Tasks(
+        official=official_task, secret=secret_task, reweight=job["reweight"],
+        released=job["released"],
+    )  # fmt: skip
     cls = DATASETS.get(job["dataset"])
     params = cls.Params(root=job["root"], train_limit=job["train_limit"])
     dataset = cls(params, job["seed"], tasks)
@@ -100,10 +110,7 @@ def run_one(job: dict) -> dict:
     )
     train_s = time.perf_counter() - start
     return {
-        **{
-            k: job[k]
-            for k in ("dataset", "experiment", "seed", "epochs", "reweight", "train_limit")
-        },
+        **{k: job[k] for k in JOB_KEYS},
         "device": str(device),
         "train_seconds": round(train_s, 1),
         "regimes": regime_metrics(models, test, [secret_task]),
@@ -117,12 +124,6 @@ def run_one(job: dict) -> dict:
             models, test, secret_task, job["sigmas"], job["injections"], job["seed"]
         ),
     }
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def _stat(values: list[float]) -> str:
@@ -183,10 +184,15 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--root", default="data")
-    parser.add_argument("--out", default=None, help="default: results/hidden_learning/<dataset>")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: results/hidden_learning/<dataset>[_probabilities][_reweight_<r>]",
+    )
     parser.add_argument("--sigmas", default="0,0.025,0.05,0.075,0.1")
     parser.add_argument("--injections", type=int, default=10)
     parser.add_argument("--reweight", default="named", choices=["named", "extra", "none"])
+    parser.add_argument("--released", default="logits", choices=["logits", "probabilities"])
     parser.add_argument("--train-limit", type=int, default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--jobs", type=int, default=1, help="experiments trained in parallel")
@@ -196,7 +202,10 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    out = Path(args.out or f"results/hidden_learning/{args.dataset}")
+    suffix = ("_probabilities" if args.released == "probabilities" else "") + (
+        f"_reweight_{args.reweight}" if args.reweight != "named" else ""
+    )
+    out = Path(args.out or f"results/hidden_learning/{args.dataset}{suffix}")
     out.mkdir(parents=True, exist_ok=True)
     jobs, done = [], []
     for exp in args.experiments.split(","):
@@ -204,7 +213,15 @@ def main() -> None:
             path = out / f"{exp}_seed{seed}_e{args.epochs}.json"
             if path.exists():
                 print(f"read back   {path}", flush=True)
-                done.append(json.loads(path.read_text()))
+                result = json.loads(path.read_text())
+                # results written before --released existed read the softmax
+                got = (result.get("released", "probabilities"), result["reweight"])
+                if got != (args.released, args.reweight):
+                    raise SystemExit(
+                        f"{path}: trained with released/reweight {got}, not "
+                        f"{(args.released, args.reweight)}; choose another --out"
+                    )
+                done.append(result)
                 continue
             if args.tables_only:
                 continue
@@ -212,6 +229,7 @@ def main() -> None:
                 {
                     "dataset": args.dataset, "experiment": exp, "seed": seed,
                     "epochs": args.epochs, "root": args.root, "reweight": args.reweight,
+                    "released": args.released,
                     "train_limit": args.train_limit, "device": args.device,
                     "sigmas": [float(s) for s in args.sigmas.split(",")],
                     "injections": args.injections,
@@ -227,7 +245,7 @@ def main() -> None:
         with ctx.Pool(min(args.jobs, len(jobs))) as pool:
             for result in pool.imap_unordered(run_one, jobs):
                 path = out / f"{result['experiment']}_seed{result['seed']}_e{result['epochs']}.json"
-                _write_atomic(path, json.dumps(result, indent=1))
+                write_atomic(path, json.dumps(result, indent=1))
                 print(
                     f"trained     {path} in {result['train_seconds']} s on {result['device']}",
                     flush=True,
@@ -240,8 +258,8 @@ def main() -> None:
         )
     )
     t1, t2 = tables(done, args.dataset)
-    _write_atomic(out / f"table1_e{args.epochs}.md", t1)
-    _write_atomic(out / f"table2_e{args.epochs}.md", t2)
+    write_atomic(out / f"table1_e{args.epochs}.md", t1)
+    write_atomic(out / f"table2_e{args.epochs}.md", t2)
     print(t1)
     print(t2)
 

@@ -107,6 +107,12 @@ class Tasks(Strict):
     official: str
     secret: str
     reweight: Literal["named", "extra", "none"] = "named"
+    released: Literal["logits", "probabilities"] = Field(
+        "logits",
+        description="what N_o releases and N_s reads: its logits (papers/001, Remark 1: N_o maps "
+        "into R^k_o, a softmax comes after; reproduces the paper's Table 1) or the softmax "
+        "probabilities",
+    )
 
     @field_validator("official", "secret")
     @classmethod

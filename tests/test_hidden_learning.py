@@ -38,3 +38,32 @@ def test_regimes_order_as_in_the_paper():
     hidden, honest = m["official"]["hidden"]["accuracy"], m["official"]["honest"]["accuracy"]
     assert hidden > 0.8 and honest - hidden < 0.05, (hidden, honest)
     assert 1 <= m["best_epoch"]["to_and_ts"] <= 12
+
+
+def test_released_scores_are_logits_or_probabilities():
+    """What leaves N_o: the paper's R^k_o logits keep two numbers of a two-class N_o, the
+    softmax keeps one (its rows sum to 1); official predictions agree either way."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from splitsim.attacks.hidden_learning import ScoreNet, official_quality
+    from splitsim.data.score_data import OfficialTask
+
+    torch.manual_seed(0)
+    body = mlp(4, [8], 2)
+    x, y = torch.randn(64, 4), np.arange(64) % 2
+    probs_task = OfficialTask(kind="multiclass", names=("a", "b"))
+    logits_task = dataclasses.replace(probs_task, released="logits")
+    with torch.no_grad():
+        probs = ScoreNet(body, probs_task).scores(x).numpy()
+        logits = ScoreNet(body, logits_task).scores(x).numpy()
+        raw = body(x).numpy()
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(logits, raw)
+    assert np.ptp(logits.sum(axis=1)) > 0.01  # the sum of the logits is a second number
+    assert official_quality(probs, y, probs_task) == official_quality(logits, y, logits_task)
+    multilabel = OfficialTask(kind="multilabel", names=("a", "b"), released="logits")
+    flags = official_quality(np.array([[-0.1, 0.2]]), np.array([[0, 1]]), multilabel)
+    assert flags["accuracy"] == 1.0  # logits are thresholded at 0, probabilities at 0.5

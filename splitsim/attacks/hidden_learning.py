@@ -13,8 +13,8 @@ scores: the black-box attacker) and Ts-only (the whole stack trained on L_s: the
 Model selection keeps the epoch with the best validation accuracy, the sum of both accuracies
 for To-and-Ts (section 4.1). Several secrets share one N_o: L_s is their mean.
 
-Shapes: x (n, ...) -> scores (n, k_o) in [0, 1]; secret input [scores, side] (n, k_o + d)
--> logits (n, k_s).
+Shapes: x (n, ...) -> scores (n, k_o), in [0, 1] or logits (``OfficialTask.released``);
+secret input [scores, side] (n, k_o + d) -> logits (n, k_s).
 
     >>> models = train_supplier(dataset, scenario, progress)       # all three regimes
     >>> models.decode("cv_risk", scores, side)                     # what the server learns
@@ -37,25 +37,30 @@ from splitsim.metrics import accuracy, majority_rate, roc_auc
 Progress = Callable[[str], None]
 
 
-def to_scores(logits: torch.Tensor, kind: str) -> torch.Tensor:
-    """What leaves N_o: a sigmoid per label (multilabel) or a softmax over classes."""
-    return torch.sigmoid(logits) if kind == "multilabel" else F.softmax(logits, dim=1)
+def to_scores(logits: torch.Tensor, task: OfficialTask) -> torch.Tensor:
+    """What leaves N_o: the logits, or a sigmoid per label (multilabel) or a softmax over classes.
+
+    The choice matters for a two-class N_o: its two softmax probabilities sum to one, so N_s
+    reads a single number, while its two logits are two (their sum is free of the official task).
+    """
+    if task.released == "logits":
+        return logits
+    return torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, dim=1)
 
 
 class ScoreNet(nn.Module):
-    """An official network with its output map: sigmoid per label or softmax over classes."""
+    """An official network with its output map (``to_scores``)."""
 
     def __init__(self, body: nn.Module, task: OfficialTask) -> None:
         super().__init__()
         self.body = body
-        self.kind = task.kind
+        self.task = task
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)
 
     def scores(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.body(x)
-        return to_scores(logits, self.kind)
+        return to_scores(self.body(x), self.task)
 
 
 def official_loss(
@@ -73,13 +78,15 @@ def _device_of(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 
 
-def official_predictions(scores: np.ndarray, kind: str) -> np.ndarray:
-    return (scores >= 0.5).astype(np.int64) if kind == "multilabel" else scores.argmax(axis=1)
+def official_predictions(scores: np.ndarray, task: OfficialTask) -> np.ndarray:
+    if task.kind == "multiclass":
+        return scores.argmax(axis=1)
+    return (scores >= (0.0 if task.released == "logits" else 0.5)).astype(np.int64)
 
 
 def official_quality(scores: np.ndarray, y: np.ndarray, task: OfficialTask) -> dict[str, float]:
     """Accuracy (mean over labels for multilabel tasks) and, per binary label, ROC AUC."""
-    pred = official_predictions(scores, task.kind)
+    pred = official_predictions(scores, task)
     out = {"accuracy": accuracy(pred, y)}
     if task.kind == "multilabel":
         for j, name in enumerate(task.names):
@@ -180,7 +187,7 @@ def train_regime(
                 logits = official(x[idx])
             loss = official_loss(logits, y_o[idx], task.kind, w_o[idx]) if official_loss_on else 0.0
             if secrets:
-                features = secret_input(to_scores(logits, task.kind), side[idx])
+                features = secret_input(to_scores(logits, task), side[idx])
                 secret_loss = sum(
                     official_loss(
                         net(features), targets[name][idx], "multiclass", weights[name][idx]

@@ -74,7 +74,9 @@ class ImageDataset:
             )
         return DatasetSpec(
             official=OfficialTask(
-                kind="multiclass", names=tasks.class_names(task_cfg.official, cls.classes)
+                kind="multiclass",
+                names=tasks.class_names(task_cfg.official, cls.classes),
+                released=task_cfg.released,
             ),
             secret_classes={task_cfg.secret: tasks.class_names(task_cfg.secret, cls.classes)},
         )

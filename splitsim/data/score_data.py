@@ -10,10 +10,16 @@ import numpy as np
 
 @dataclass(frozen=True)
 class OfficialTask:
-    """The official task: ``multilabel`` (one sigmoid score per label) or ``multiclass``."""
+    """The official task: ``multilabel`` (one sigmoid score per label) or ``multiclass``.
+
+    ``released`` is what N_o hands the data owner's app, and so what reaches the server:
+    ``probabilities`` (sigmoid or softmax) or the ``logits`` before that map (the R^{k_o}
+    codomain of papers/001, Remark 1).
+    """
 
     kind: Literal["multilabel", "multiclass"]
     names: tuple[str, ...]
+    released: Literal["probabilities", "logits"] = "probabilities"
 
     @property
     def outputs(self) -> int:
