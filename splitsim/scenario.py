@@ -74,7 +74,11 @@ class Fault(Strict):
 class Engine(Strict):
     num_cpus: float = Field(1.0, gt=0, description="CPU cores per client actor")
     num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client actor")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description="where the driver's training runs (supplier, split server, decoders); "
+        "'auto': CUDA when visible. Client apps compute on the CPU",
+    )
     messages_per_batch: int = Field(100, ge=1, description="messages per send_and_receive call")
     ray_cpus: int | None = Field(
         None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
@@ -169,6 +173,27 @@ def apply_override(data: dict[str, Any], expr: str, source: str) -> None:
                 node = node.setdefault(key, {})
         else:
             raise ScenarioError(source, where, f"cannot set a field inside a {type(node).__name__}")
+
+
+def _check_gpu(engine: Engine, source: str) -> None:
+    """A GPU asked for where none is: torch would fail deep inside training, and a local Ray
+    would wait for ever for an actor it cannot place."""
+    if engine.device != "cuda" and (engine.num_gpus == 0 or engine.ray_address is not None):
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    if engine.device == "cuda":
+        raise ScenarioError(
+            source, "engine.device", "'cuda', but torch sees no GPU here; allowed here: auto, cpu"
+        )
+    raise ScenarioError(
+        source,
+        "engine.num_gpus",
+        f"{engine.num_gpus:g} per client, but this machine has no GPU for the local Ray; "
+        "allowed here: 0 (or engine.ray_address of a cluster with GPUs)",
+    )
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -316,6 +341,7 @@ def validate(data: Any, source: str) -> Scenario:
                     "applies to the Ray simulation engine; engine.mode 'deployment' runs "
                     "SuperNodes, not Ray actors",
                 )
+    _check_gpu(engine, source)
     if engine.ray_cpus is not None and engine.num_cpus > engine.ray_cpus:
         raise ScenarioError(
             source,

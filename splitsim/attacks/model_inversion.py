@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from splitsim.attacks.decoder_fit import fit_decoder
 from splitsim.models.split_cnn import InversionDecoder
 
 
@@ -55,51 +56,16 @@ def train_decoder(
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Fit g: z -> x on (f1(x), x), or on (defend(f1(x)), x) for an adaptive attacker (fresh
     draws every batch); keep the epoch with the best validation MSE."""
-    generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     z_aux = torch.from_numpy(intermediates(segment, aux))
-    z_val = torch.from_numpy(intermediates(segment, val))
-    x_aux = torch.from_numpy(aux)
+    z_val = intermediates(segment, val)
     if defend is not None:
         # One fixed defended copy of the validation set, so epochs are compared on equal terms.
-        z_val = torch.from_numpy(defend(z_val.numpy()))
-    decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:]), deep).to(device)
-    optimizer = torch.optim.Adam(decoder.parameters(), lr=lr)
-    best, best_state, history = float("inf"), None, []
-    for epoch in range(1, epochs + 1):
-        decoder.train()
-        order = torch.randperm(len(z_aux), generator=generator)
-        total = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            z = z_aux[idx]
-            if defend is not None:
-                z = torch.from_numpy(defend(z.numpy()))
-            loss = ((decoder(z.to(device)) - x_aux[idx].to(device)) ** 2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(idx)
-        val_mse = float(((reconstruct(decoder, z_val.numpy(), device) - val) ** 2).mean())
-        row = {"epoch": epoch, "train_mse": total / len(z_aux), "val_mse": val_mse}
-        history.append(row)
-        if val_mse < best:
-            best = val_mse
-            best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
-        if on_epoch is not None:
-            on_epoch(row)
-    if best_state is not None:
-        decoder.load_state_dict(best_state)
-    return decoder.cpu(), history
-
-
-def reconstruct(decoder: nn.Module, z: np.ndarray, device: str = "cpu", batch: int = 1000):
-    """The attacker's guess of the inputs behind intermediate tensors ``z``, clipped to the
-    pixel range [0, 1] the attacker knows images have."""
-    decoder.eval()
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(z), batch):
-            images = decoder(torch.from_numpy(z[start : start + batch]).to(device))
-            out.append(images.clamp(0, 1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0,), np.float32)
+        z_val = defend(z_val)
+    decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:]), deep)
+    return fit_decoder(
+        decoder, z_aux, torch.from_numpy(aux), z_val, val,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        transform=None if defend is None else lambda z: torch.from_numpy(defend(z.numpy())),
+        on_epoch=on_epoch,
+    )  # fmt: skip

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from splitsim.attacks.decoder_fit import fit_decoder
 from splitsim.models.probe_cnn import SignatureDecoder
 
 DIRECTION_KINDS = ("random", "centroid", "gradient")
@@ -209,47 +210,14 @@ def train_decoder(
     batch_size: int,
     lr: float,
     seed: int,
+    device: str = "cpu",
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Fit the generator with L2 loss on (E_x, x); keep the epoch with the best val MSE."""
     torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
     decoder = SignatureDecoder(features.shape[1], tuple(x.shape[1:]))
-    optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
-    f, xt = torch.from_numpy(features), torch.from_numpy(x)
-    best, best_state, history = float("inf"), None, []
-    for epoch in range(1, epochs + 1):
-        decoder.train()
-        order = torch.randperm(len(f), generator=generator)
-        total = 0.0
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            if len(idx) < 2:  # batch norm needs two
-                continue
-            loss = ((decoder(f[idx]) - xt[idx]) ** 2).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            total += float(loss.detach()) * len(idx)
-        val_mse = float(((reconstruct(decoder, val_features) - val_x) ** 2).mean())
-        row = {"epoch": epoch, "train_mse": total / len(f), "val_mse": val_mse}
-        history.append(row)
-        if val_mse < best:
-            best = val_mse
-            best_state = {k: v.detach().clone() for k, v in decoder.state_dict().items()}
-        if on_epoch is not None:
-            on_epoch(row)
-    if best_state is not None:
-        decoder.load_state_dict(best_state)
-    return decoder.eval(), history
-
-
-@torch.no_grad()
-def reconstruct(decoder: nn.Module, features: np.ndarray, batch: int = 1000) -> np.ndarray:
-    decoder.eval()
-    return np.concatenate(
-        [
-            decoder(torch.from_numpy(features[s : s + batch])).numpy()
-            for s in range(0, len(features), batch)
-        ]
-    )
+    return fit_decoder(
+        decoder, torch.from_numpy(features), torch.from_numpy(x), val_features, val_x,
+        epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device, min_batch=2,
+        on_epoch=on_epoch,
+    )  # fmt: skip

@@ -36,7 +36,7 @@ from splitsim import defences as defence_lib
 from splitsim.data.score_data import int_seed, partition_sizes, stream
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.node_state import open_state
-from splitsim.engine.simulation import fast_polling, wait_for_nodes
+from splitsim.engine.simulation import fast_polling, resolve_device, wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.scenario import Scenario
@@ -279,10 +279,15 @@ def server_app(
             outcome.train_samples[int(meta["partition"])] = int(meta["train_samples"])
         dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
         _, labels = dataset.classifier_train()
-        labels_t = torch.from_numpy(labels)
+        # The server's segment trains where engine.device says (CUDA when present under
+        # auto); the owners' segments stay on their CPUs, like the phones and hospital
+        # machines they stand for.
+        device = torch.device(resolve_device(scenario.engine))
+        labels_t = torch.from_numpy(labels).to(device)
 
         torch.manual_seed(int_seed(scenario.seed, _SERVER_INIT))
         client_init, server = split_parts(scenario)
+        server.to(device)
         weights = {k: v.detach().numpy().copy() for k, v in client_init.state_dict().items()}
         optimizer = torch.optim.Adam(server.parameters(), lr=t.lr)
         loss_fn = nn.CrossEntropyLoss()
@@ -312,8 +317,8 @@ def server_app(
                             collected[pid] = record_to_arrays(content["segment"])
                             continue
                         sent = record_to_arrays(content["intermediate"])
-                        z = torch.from_numpy(sent["z"]).requires_grad_(True)
-                        y = labels_t[torch.from_numpy(sent["ids"])]
+                        z = torch.from_numpy(sent["z"]).to(device).requires_grad_(True)
+                        y = labels_t[torch.from_numpy(sent["ids"]).to(device)]
                         out = server(z)
                         # The published code of papers/003 ends f2 with a softmax and then
                         # applies cross-entropy (a second softmax): weaker task gradients, so
@@ -335,7 +340,7 @@ def server_app(
                         pending[pid] = RecordDict(
                             {
                                 "config": _config("train", round=rnd, step=step_of[pid]),
-                                "grad": arrays_to_record({"g": z.grad.numpy()}),
+                                "grad": arrays_to_record({"g": z.grad.cpu().numpy()}),
                             }
                         )
                         on_step()
@@ -349,7 +354,7 @@ def server_app(
             on_round(row)
 
         outcome.client_weights = weights
-        outcome.server = server
+        outcome.server = server.cpu()
         contents = {
             pid: RecordDict({"config": _config("infer"), "segment": arrays_to_record(weights)})
             for pid in pids

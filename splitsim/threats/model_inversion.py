@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from splitsim.attacks.model_inversion import intermediates, reconstruct, train_decoder
+from splitsim.attacks.decoder_fit import reconstruct
+from splitsim.attacks.model_inversion import intermediates, train_decoder
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
 from splitsim.data.score_data import int_seed, stream
 from splitsim.defences import apply_stage

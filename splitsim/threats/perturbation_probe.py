@@ -30,17 +30,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim import defences as defence_lib
-from splitsim.attacks.perturbation_probe import (
-    directions,
-    local_oracle,
-    reconstruct,
-    search,
-    train_decoder,
-)
+from splitsim.attacks.decoder_fit import reconstruct
+from splitsim.attacks.perturbation_probe import directions, local_oracle, search, train_decoder
 from splitsim.data.mnist import ATTACKER_TRAIN
 from splitsim.data.score_data import int_seed, stream
 from splitsim.engine.probe_oracle import ProbeOutcome, Session, client_app, server_app
-from splitsim.engine.simulation import simulate
+from splitsim.engine.simulation import resolve_device, simulate
 from splitsim.engine.split_training import test_partition
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import client_records as wire_records
@@ -187,6 +182,7 @@ class PerturbationProber:
                     batch_size=64,
                     lr=1e-3,
                     seed=int_seed(scenario.seed, _DECODER),
+                    device=resolve_device(scenario.engine),
                     on_epoch=advance,
                 )
 
