@@ -77,7 +77,12 @@ class Engine(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="where the driver's training runs (supplier, split server, decoders); "
-        "'auto': CUDA when visible. Client apps compute on the CPU",
+        "'auto': CUDA when visible",
+    )
+    client_device: Literal["cpu", "auto", "cuda"] = Field(
+        "cpu",
+        description="where client apps compute: 'auto' or 'cuda' use the GPU share of an actor "
+        "with num_gpus > 0 (score-sending clients, federated participants)",
     )
     messages_per_batch: int = Field(100, ge=1, description="messages per send_and_receive call")
     ray_cpus: int | None = Field(
@@ -178,6 +183,12 @@ def apply_override(data: dict[str, Any], expr: str, source: str) -> None:
 def _check_gpu(engine: Engine, source: str) -> None:
     """A GPU asked for where none is: torch would fail deep inside training, and a local Ray
     would wait for ever for an actor it cannot place."""
+    if engine.client_device == "cuda" and engine.num_gpus == 0:
+        raise ScenarioError(
+            source,
+            "engine.client_device",
+            "'cuda' needs engine.num_gpus > 0: Ray gives a client actor a GPU only with a share",
+        )
     if engine.device != "cuda" and (engine.num_gpus == 0 or engine.ray_address is not None):
         return
     import torch
@@ -324,6 +335,14 @@ def validate(data: Any, source: str) -> Scenario:
                 f"role {scenario.role.name} does not handle client failures; "
                 f"allowed with: {', '.join(allowed)}",
             )
+    if engine.client_device != "cpu" and not getattr(role, "gpu_clients", False):
+        allowed = [n for n, r in ROLES.items() if getattr(r, "gpu_clients", False)]
+        raise ScenarioError(
+            source,
+            "engine.client_device",
+            f"role {scenario.role.name} keeps its clients on the CPU; "
+            f"allowed with: {', '.join(allowed)}",
+        )
     if any(f.kind == "hang" for f in engine.faults) and engine.client_timeout_s is None:
         raise ScenarioError(source, "engine.faults", "a 'hang' fault needs engine.client_timeout_s")
     if engine.ray_address is not None and engine.ray_cpus is not None:

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from splitsim.cli import main
 from splitsim.engine.deployment import free_port
@@ -133,3 +134,31 @@ def test_fault_settings_on_a_role_that_cannot_take_them(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "engine.faults: role perturbation_probe does not handle client failures" in err
+
+
+def test_client_device_settings_that_cannot_work(tmp_path, capsys):
+    base = ["--out", str(tmp_path / "r"), "--set"]
+    probe = ["run", str(ROOT / "scenarios" / "mnist_probe.yaml"), *base,
+             "engine.client_device=auto"]  # fmt: skip
+    assert main(probe) == 2
+    assert "engine.client_device: role perturbation_probe keeps its clients on the CPU" in (
+        capsys.readouterr().err
+    )
+    fl = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), *base,
+          "engine.client_device=cuda"]  # fmt: skip
+    assert main(fl) == 2
+    assert "engine.client_device: 'cuda' needs engine.num_gpus > 0" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CI has none)")
+def test_federated_clients_train_on_their_gpu_share(tmp_path):
+    """GPU machines only: two participants per GPU, local training on CUDA; the attack still
+    works as on the CPU (CUDA kernels are not bit-identical, so no equality)."""
+    out = tmp_path / "runs"
+    args = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), "--out", str(out)]
+    for expr in [*TINY_FL, "engine.num_gpus=0.5", "engine.client_device=cuda"]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (results,) = out.rglob("results.json")
+    m = json.loads(results.read_text())["metrics"]
+    assert m["attackers"][0]["scored_rounds"] == 3

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from splitsim.defences.dp_sgd import DPSGD
+from splitsim.engine.simulation import release_cuda
 
 
 @dataclass
@@ -52,8 +53,10 @@ def train_locally(
     p: np.ndarray | None = None,
     alpha: float = 1.0,
     dp: DPSGD | None = None,
+    device: str = "cpu",
 ) -> LocalResult:
-    """Train ``net`` (and ``head``) in place on ``(x, y[, p])``; ``alpha < 1`` needs the head."""
+    """Train ``net`` (and ``head``) in place on ``(x, y[, p])``; ``alpha < 1`` needs the head.
+    The training runs on ``device``; ``net`` and ``head`` are back on the CPU afterwards."""
     torch.manual_seed(seed)  # batch order and Opacus' sampling and noise
     multitask = alpha < 1.0
     if multitask and (head is None or p is None):
@@ -64,6 +67,7 @@ def train_locally(
     if multitask:
         tensors.append(torch.from_numpy(p))
     module: nn.Module = _MultiTask(net, head) if multitask else net
+    module.to(device)
     optimizer = torch.optim.SGD(module.parameters(), lr=lr)
     loader = DataLoader(
         TensorDataset(*tensors),
@@ -79,6 +83,7 @@ def train_locally(
         for batch in loader:
             if len(batch[0]) == 0:  # Poisson sampling can draw an empty batch
                 continue
+            batch = [t.to(device) for t in batch]
             if multitask:
                 bx, by, bp = batch
                 task_logits, prop_logits = module(bx)
@@ -93,7 +98,8 @@ def train_locally(
             optimizer.step()
             steps += 1
             total += float(loss.detach())
-    module.eval()
+    module.cpu().eval()
+    release_cuda(device)
     return LocalResult(steps=steps, sample_rate=batch_size / len(x), loss=total / max(steps, 1))
 
 

@@ -35,7 +35,7 @@ from splitsim.engine.codec import (
     record_to_state,
     state_to_record,
 )
-from splitsim.engine.simulation import exchange, wait_for_nodes
+from splitsim.engine.simulation import client_device, exchange, release_cuda, wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.scenario import Scenario, dataset_spec
@@ -94,9 +94,12 @@ def client_app(scenario: Scenario, input_shape: tuple[int, ...]) -> ClientApp:
         users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
         net = official_network(scenario, input_shape)
         net.load_state_dict(record_to_state(context.state["official_model"]))
-        net.eval()
+        device = client_device(scenario.engine)
+        net.to(device).eval()
         with torch.no_grad():
-            scores = net.scores(torch.as_tensor(users.x)).numpy()
+            scores = net.scores(torch.as_tensor(users.x).to(device)).cpu().numpy()
+        del net
+        release_cuda(device)
         rng = np.random.default_rng(stream(scenario.seed, _PAYLOAD_NOISE, pid))
         scores = defence_lib.apply_stage(chosen, "payload", scores, rng)
         payload = {"scores": scores, **{name: users.side_raw[name] for name in side_fields}}

@@ -68,6 +68,7 @@ class HiddenLearningSupplier:
         adaptive_epochs: int = Field(10, ge=1, description="fine-tuning epochs when adaptive")
 
     stages = ("payload", "weights")
+    gpu_clients = True  # engine.client_device: N_o's forward pass on the actor's GPU share
 
     @staticmethod
     def flower_nodes(scenario: Scenario) -> int:

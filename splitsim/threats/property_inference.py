@@ -39,7 +39,7 @@ from splitsim.defences import build as build_defences
 from splitsim.engine import federated
 from splitsim.engine.local_training import flat_parameters, load_flat, train_locally
 from splitsim.engine.node_state import state_root
-from splitsim.engine.simulation import simulate
+from splitsim.engine.simulation import client_device, simulate
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
@@ -110,6 +110,7 @@ class PropertyInferenceParticipant:
 
     stages = ("update", "training")
     fault_tolerant = True  # engine.faults / on_client_failure: FedAvg aggregates who answered
+    gpu_clients = True  # engine.client_device: local training on the actor's GPU share
 
     @staticmethod
     def flower_nodes(scenario: Scenario) -> int:
@@ -371,6 +372,7 @@ class _Setup:
             lr=self.p.local_lr,
             seed=seed,
             dp=dp,
+            device=client_device(self.scenario.engine),
         )
         update = flat_parameters(net) - before
         rng = np.random.default_rng(stream(self.scenario.seed, _UPDATE_NOISE, *noise_seed))
@@ -504,6 +506,7 @@ def _adversary_train(
                     batch_size=p.local_batch_size,
                     lr=p.local_lr,
                     seed=int_seed(seed, _SYNTH, rnd, j, with_property),
+                    device=client_device(setup.scenario.engine),
                 )
             feats.append((flat_parameters(net_j) - before)[observed])
             labels.append(int(with_property))
@@ -525,6 +528,7 @@ def _adversary_train(
         head=head,
         p=setup.prop[ids],
         alpha=alpha,
+        device=client_device(setup.scenario.engine),
     )
     store.save_head(head)
     after = flat_parameters(net)
