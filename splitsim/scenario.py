@@ -180,6 +180,20 @@ def apply_override(data: dict[str, Any], expr: str, source: str) -> None:
             raise ScenarioError(source, where, f"cannot set a field inside a {type(node).__name__}")
 
 
+def _needs_role_flag(
+    scenario: Scenario, role: type, flag: str, key: str, refusal: str, source: str
+) -> None:
+    """``engine.<key>`` is set: refuse it unless the role declares ``flag`` (a class attribute)."""
+    if getattr(role, flag, False):
+        return
+    allowed = [n for n, r in ROLES.items() if getattr(r, flag, False)]
+    raise ScenarioError(
+        source,
+        f"engine.{key}",
+        f"role {scenario.role.name} {refusal}; allowed with: {', '.join(allowed)}",
+    )
+
+
 def _check_gpu(engine: Engine, source: str) -> None:
     """A GPU asked for where none is: torch would fail deep inside training, and a local Ray
     would wait for ever for an actor it cannot place."""
@@ -325,23 +339,14 @@ def validate(data: Any, source: str) -> Scenario:
             "every client holds one or more users",
         )
     engine = scenario.engine
-    tolerant = getattr(role, "fault_tolerant", False)
     for key in ("faults", "on_client_failure", "client_timeout_s"):
-        if getattr(engine, key) != Engine.model_fields[key].default and not tolerant:
-            allowed = [n for n, r in ROLES.items() if getattr(r, "fault_tolerant", False)]
-            raise ScenarioError(
-                source,
-                f"engine.{key}",
-                f"role {scenario.role.name} does not handle client failures; "
-                f"allowed with: {', '.join(allowed)}",
+        if getattr(engine, key) != Engine.model_fields[key].default:
+            _needs_role_flag(
+                scenario, role, "fault_tolerant", key, "does not handle client failures", source
             )
-    if engine.client_device != "cpu" and not getattr(role, "gpu_clients", False):
-        allowed = [n for n, r in ROLES.items() if getattr(r, "gpu_clients", False)]
-        raise ScenarioError(
-            source,
-            "engine.client_device",
-            f"role {scenario.role.name} keeps its clients on the CPU; "
-            f"allowed with: {', '.join(allowed)}",
+    if engine.client_device != "cpu":
+        _needs_role_flag(
+            scenario, role, "gpu_clients", "client_device", "keeps its clients on the CPU", source
         )
     if any(f.kind == "hang" for f in engine.faults) and engine.client_timeout_s is None:
         raise ScenarioError(source, "engine.faults", "a 'hang' fault needs engine.client_timeout_s")
