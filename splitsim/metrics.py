@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import roc_auc_score
 
 
 def accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
@@ -22,6 +21,8 @@ def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
     """ROC AUC; NaN when only one class is present (too few users to say)."""
     if len(np.unique(truth)) < 2:
         return float("nan")
+    from sklearn.metrics import roc_auc_score  # lazily: client actors import this module
+
     return float(roc_auc_score(truth, score))
 
 

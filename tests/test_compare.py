@@ -52,18 +52,15 @@ DEFENCES = [
 ]
 
 
-def write_matrix(path: Path, roles: list[dict], defences: list[dict] = DEFENCES) -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "description": "test matrix",
-                "roles": roles,
-                "defences": defences,
-                "attackers": ["non_adaptive", "adaptive"],
-                "seeds": [0],
-            }
-        )
-    )
+def write_matrix(path: Path, roles: list[dict], defences: list[dict] = DEFENCES, **extra) -> Path:
+    spec = {
+        "description": "test matrix",
+        "roles": roles,
+        "defences": defences,
+        "attackers": ["non_adaptive", "adaptive"],
+        "seeds": [0],
+    }
+    path.write_text(yaml.safe_dump(spec | extra))
     return path
 
 
@@ -135,7 +132,11 @@ def test_reports_are_self_contained(matrix):
 
 
 def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
-    path = write_matrix(tmp_path / "matrix.yaml", [HIDDEN], DEFENCES[:2])
+    # One cell at a time: the kill lands as the first finishes and the second has barely begun,
+    # so the resumed run redoes little.
+    path = write_matrix(
+        tmp_path / "matrix.yaml", [HIDDEN], DEFENCES[:2], attackers=["non_adaptive"], workers=1
+    )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "splitsim", "compare", str(path), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -154,9 +155,8 @@ def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
             break
         assert time.monotonic() < deadline, "a cell outlived the killed comparison"
         time.sleep(1)
-    # A cell that was writing its record as the comparison died is finished work, kept.
     finished = {p.stem for p in (out / "cells").glob("*[0-9a-f].json")}
-    assert 1 <= len(finished) < 3
+    assert len(finished) == 1
 
     resumed = subprocess.run(cmd, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout[-2000:]
@@ -169,7 +169,9 @@ def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
     reference = [
         r
         for r in without_wall_time(read_csv(matrix / "matrix.csv"))
-        if r["role"] == "hidden_learning" and r["defence"] in ("none", "laplace 1.0")
+        if r["role"] == "hidden_learning"
+        and r["defence"] in ("none", "laplace 1.0")
+        and r["attacker"] == "non_adaptive"
     ]
     assert ours == reference
 

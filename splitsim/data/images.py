@@ -6,6 +6,10 @@ Both are read with torchvision's own dataset classes from ``dataset.root`` (defa
 not available offline here). ``download: true`` lets torchvision fetch either where there is
 internet. The supplier trains on the training set (10 % held out for model selection, as in the
 paper); data owners hold test images, split across Flower nodes.
+
+torchvision is imported where a file is read, not with this module: importing it pulls in
+``torch._dynamo`` (about 1.5 s), and every Flower client actor of a scenario that never reads
+images (the Covid app's records) imports this module through the dataset registry.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from torchvision import datasets
 
 from splitsim.data import fetch, tasks
 from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_sizes, stream
@@ -34,19 +37,24 @@ CIFAR_CLASSES = (
 _DEPLOY_ORDER, _TRAIN_SUBSET = 50, 51
 
 
-class _CIFAR10Folder(datasets.CIFAR10):
+@functools.cache
+def _cifar10_folder() -> type:
     """torchvision's CIFAR-10 reader; checks that the batch files exist rather than their MD5,
     so a folder a user already has (or a test's generated one) is read as it is."""
+    from torchvision import datasets
 
-    def _check_integrity(self) -> bool:
-        folder = Path(self.root) / self.base_folder
-        return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
+    class CIFAR10Folder(datasets.CIFAR10):
+        def _check_integrity(self) -> bool:
+            folder = Path(self.root) / self.base_folder
+            return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
 
-    def _load_meta(self) -> None:
-        with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as f:
-            names = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.classes = names
-        self.class_to_idx = {name: i for i, name in enumerate(names)}
+        def _load_meta(self) -> None:
+            with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as f:
+                names = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.classes = names
+            self.class_to_idx = {name: i for i, name in enumerate(names)}
+
+    return CIFAR10Folder
 
 
 class ImageParams(BaseModel):
@@ -168,6 +176,8 @@ class FashionMNIST(ImageDataset):
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        from torchvision import datasets
+
         if not download:
             fetch.from_local_sources(root, "fashion_mnist")
         ds = datasets.FashionMNIST(root, train=train, download=download)
@@ -194,6 +204,8 @@ class CIFAR10(ImageDataset):
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
-        reader = datasets.CIFAR10 if download else _CIFAR10Folder
+        from torchvision import datasets
+
+        reader = datasets.CIFAR10 if download else _cifar10_folder()
         ds = reader(root, train=train, download=download)
         return np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2)), np.asarray(ds.targets)

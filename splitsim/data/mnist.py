@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from torchvision import datasets
 
 from splitsim.data import fetch
 from splitsim.data.images import FASHION_CLASSES, FashionMNIST, ImageDataset, ImageParams, _load
@@ -51,6 +50,8 @@ class MNIST(ImageDataset):
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        from torchvision import datasets  # lazily: see splitsim/data/images.py
+
         ds = datasets.MNIST(root, train=train, download=download)
         return ds.data.numpy()[:, None, :, :], ds.targets.numpy()
 
@@ -76,6 +77,8 @@ def emnist_available(root: str) -> bool:
 
 @functools.lru_cache(maxsize=2)
 def _emnist(root: str, download: bool) -> tuple[np.ndarray, np.ndarray]:
+    from torchvision import datasets
+
     ds = datasets.EMNIST(root, split="letters", train=True, download=download)
     # EMNIST's files store each image transposed relative to MNIST.
     x = ds.data.numpy().transpose(0, 2, 1)[:, None, :, :]
