@@ -1,7 +1,8 @@
 """``python -m splitsim compare`` on a small matrix through the real engine: both roles, a
-defence that applies to both, one that applies to one (n/a for the other), both attackers; then
-a comparison killed with SIGKILL half-way and resumed, which must read finished cells back and
-end with the same matrix."""
+defence that applies to both, one that applies to neither (n/a cells with reasons, nothing run),
+both attackers; then a comparison with a defence that applies to one role (weight noise) killed
+with SIGKILL half-way and resumed, which must read finished cells back and end with the same
+rows as an uninterrupted comparison."""
 
 from __future__ import annotations
 
@@ -48,8 +49,10 @@ INVERSION = {
 DEFENCES = [
     {"label": "none", "use": []},
     {"label": "laplace 1.0", "use": [{"name": "laplace", "scale": 1.0}]},
-    {"label": "weight noise", "use": [{"name": "weight_noise", "sigma": 0.3}]},
+    # federated training only: n/a for both roles here, so it costs no run
+    {"label": "dp-sgd", "use": [{"name": "dp_sgd", "noise_multiplier": 1.0}]},
 ]
+WEIGHT_NOISE = {"label": "weight noise", "use": [{"name": "weight_noise", "sigma": 0.3}]}
 
 
 def write_matrix(path: Path, roles: list[dict], defences: list[dict] = DEFENCES, **extra) -> Path:
@@ -93,8 +96,11 @@ def test_matrix_has_every_cell_with_n_a_reasons(matrix):
     rows = read_csv(matrix / "matrix.csv")
     assert len(rows) == 2 * 3 * 2
     na = [r for r in rows if r["status"] == "n/a"]
-    assert {(r["role"], r["defence"]) for r in na} == {("model_inversion", "weight noise")}
-    assert all("weights" in r["note"] and r["utility"] == "" for r in na)
+    assert {(r["role"], r["defence"]) for r in na} == {
+        ("hidden_learning", "dp-sgd"),
+        ("model_inversion", "dp-sgd"),
+    }
+    assert all("acts on training" in r["note"] and r["utility"] == "" for r in na)
     assert all(r["status"] == "ok" for r in rows if r["status"] != "n/a")
     # an adaptive attacker facing no defence is the plain attacker: one computation
     none = [r for r in rows if r["defence"] == "none"]
@@ -132,10 +138,14 @@ def test_reports_are_self_contained(matrix):
 
 
 def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
-    # One cell at a time: the kill lands as the first finishes and the second has barely begun,
-    # so the resumed run redoes little.
+    # One cell at a time: the kill lands as the first (weight noise) finishes and the second
+    # (no defence, in the reference matrix) has barely begun, so the resumed run redoes little.
     path = write_matrix(
-        tmp_path / "matrix.yaml", [HIDDEN], DEFENCES[:2], attackers=["non_adaptive"], workers=1
+        tmp_path / "matrix.yaml",
+        [HIDDEN],
+        [WEIGHT_NOISE, DEFENCES[0]],
+        attackers=["non_adaptive"],
+        workers=1,
     )
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "splitsim", "compare", str(path), "--out", str(out)]
@@ -165,15 +175,14 @@ def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
     for cell_id in finished:  # read back, not run again: still one run folder
         name = yaml.safe_load((out / "cells" / f"{cell_id}.yaml").read_text())["name"]
         assert len(list((out / "runs" / name).glob("2*"))) == 1
-    ours = without_wall_time(read_csv(out / "matrix.csv"))
-    reference = [
-        r
-        for r in without_wall_time(read_csv(matrix / "matrix.csv"))
-        if r["role"] == "hidden_learning"
-        and r["defence"] in ("none", "laplace 1.0")
-        and r["attacker"] == "non_adaptive"
-    ]
-    assert ours == reference
+    plain_key = ("hidden_learning", "none", "non_adaptive")
+    noisy, plain = without_wall_time(read_csv(out / "matrix.csv"))
+    assert noisy["defence"] == "weight noise" and noisy["status"] == "ok"
+    assert noisy["cell"] in finished  # the read-back cell
+    assert 0.0 <= float(noisy["defence_score"]) <= 1.0
+    # The cell the kill cut short, run again, is the uninterrupted comparison's cell.
+    reference = cell(without_wall_time(read_csv(matrix / "matrix.csv")), *plain_key)
+    assert plain == reference
 
 
 def test_a_failing_cell_is_recorded_and_the_rest_finish(tmp_path):
