@@ -32,7 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
-from splitsim.engine.simulation import fast_polling
+from splitsim.engine.simulation import send_and_receive
 from splitsim.engine.wire import WireLog
 from splitsim.scenario import Engine, Fault
 
@@ -71,7 +71,7 @@ class LoggedGrid:
         for msg in messages:
             self._wire.to_node(rnd, phase, msg.metadata.dst_node_id, msg.content)
         got: dict[int, Message] = {}
-        for reply in self._grid.send_and_receive(messages, timeout=timeout):
+        for reply in send_and_receive(self._grid, messages, timeout=timeout):
             got[reply.metadata.src_node_id] = reply
             if not reply.has_error():
                 self._wire.from_node(rnd, phase, reply)
@@ -179,7 +179,6 @@ def server_app(
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         try:
-            fast_polling(grid)
             strategy = OrderedFedAvg(nodes)
             logged = LoggedGrid(
                 grid,

@@ -26,7 +26,10 @@ import torch
 from torch import nn
 
 _OPEN: OrderedDict[str, NodeState] = OrderedDict()
-_MAX_OPEN = 64
+# A handle is a mapping of the node's file, not a copy: cheap to keep. Fewer handles than the
+# nodes an actor serves made every message re-open one (an LRU cycled by 100 owners misses
+# every time), and a re-opened handle also loses the actor's cached forward pass.
+_MAX_OPEN = 1024
 
 
 def state_root() -> Path:
