@@ -112,9 +112,10 @@ def pull_interval(awaited: int) -> float:
     Flower's grid polls every 0.1 s: with a round trip per batch (split training) or per FedAvg
     phase, that polling, not the work, set the pace, so one reply awaited is polled every 2 ms.
     But a poll asks the link state about every awaited reply: at 100 data owners, polling every
-    2 ms drew a fifth of py-spy's samples of the server process, whose core the actors need. Spacing
-    polls by 0.2 ms per awaited reply keeps the cost per second flat; replies from 100 owners on
-    two actors arrive about every 35 ms, so the 20 ms interval there delays none by much."""
+    2 ms drew a fifth of py-spy's samples of the server process, whose core the actors need.
+    Spacing polls by 0.2 ms per awaited reply keeps the cost per second flat; replies from 100
+    owners on two actors arrive about every 75 ms (scripts/bench_split.py), so the 20 ms
+    interval there delays none by much."""
     return min(SLOW_PULL_S, max(FAST_PULL_S, awaited * PULL_PER_AWAITED_S))
 
 
