@@ -83,8 +83,6 @@ def _handle(
     scenario: Scenario, input_shape: tuple[int, ...], msg: Message, context: Context
 ) -> Message:
     """One message to a data owner's node: install the official model, or collect scores."""
-    dataset_cls = DATASETS.get(scenario.dataset.name)
-    side_fields = dataset_spec(scenario).side_fields
     pid = int(context.node_config["partition-id"])
     chosen = defence_lib.build(scenario.defences)
     phase = msg.content["config"]["phase"]
@@ -98,7 +96,9 @@ def _handle(
         return Message(RecordDict(), reply_to=msg)  # an empty reply says "installed"
     if phase != "collect":
         raise ValueError(f"unknown phase {phase!r}")
-    dataset = dataset_cls(scenario.dataset.params, scenario.seed, scenario.tasks)
+    dataset = DATASETS.get(scenario.dataset.name)(
+        scenario.dataset.params, scenario.seed, scenario.tasks
+    )
     users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
     net = official_network(scenario, input_shape)
     net.load_state_dict(record_to_state(context.state["official_model"]))
@@ -110,6 +110,7 @@ def _handle(
     release_cuda(device)
     rng = np.random.default_rng(stream(scenario.seed, _PAYLOAD_NOISE, pid))
     scores = defence_lib.apply_stage(chosen, "payload", scores, rng)
+    side_fields = dataset_spec(scenario).side_fields
     payload = {"scores": scores, **{name: users.side_raw[name] for name in side_fields}}
     content = RecordDict(
         {"payload": arrays_to_record(payload), "meta": ConfigRecord({"partition": pid})}

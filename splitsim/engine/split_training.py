@@ -83,7 +83,6 @@ def _config(phase: str, **values: int | str) -> ConfigRecord:
 # the state object itself, so a re-opened state never back-propagates into stale parameters.
 _FORWARDS: dict[tuple[int, int], tuple[object, int, int, torch.Tensor]] = {}
 _MAX_FORWARDS = 16
-_SEGMENTS: dict[str, nn.Module] = {}
 
 
 def _cached_forward(state: object, pid: int, rnd: int, step: int) -> torch.Tensor | None:
@@ -101,6 +100,10 @@ def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
     # with the run's settings bound goes by reference (0.1 ms).
     app.query()(functools.partial(_handle, scenario, state_dir))
     return app
+
+
+# One built client segment per model spec, per actor process: what new node handles copy.
+_SEGMENTS: dict[str, nn.Module] = {}
 
 
 def _segment(scenario: Scenario) -> nn.Module:
