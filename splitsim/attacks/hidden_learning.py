@@ -159,6 +159,8 @@ def train_regime(
     With several secrets, L_s and the secret accuracy are averaged over them, so the balance
     between official and secret stays the paper's one to one.
     """
+    if official_loss_on and official_frozen:
+        raise ValueError("a frozen N_o cannot be trained on the official loss")
     generator = torch.Generator().manual_seed(seed)
     dev = _device_of(official)
     params = [p for net in secrets.values() for p in net.parameters()]
@@ -171,6 +173,11 @@ def train_regime(
     w_o = torch.as_tensor(train.weight("official")).to(dev)
     targets = {name: torch.as_tensor(train.secrets[name]).to(dev) for name in secrets}
     weights = {name: torch.as_tensor(train.weight(name)).to(dev) for name in secrets}
+    # A frozen N_o gives the same scores every epoch: computing them once spares the To-then-Ts
+    # regime 40 forward passes of the CNN over the whole training set.
+    frozen_scores = (
+        torch.as_tensor(predict_scores(official, train.x)).to(dev) if official_frozen else None
+    )
     best_score, best_epoch = -np.inf, 0
     best_state = copy.deepcopy(
         (official.state_dict(), {k: v.state_dict() for k, v in secrets.items()})
@@ -183,11 +190,14 @@ def train_regime(
         order = torch.randperm(len(x), generator=generator).to(dev)
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
-            with torch.set_grad_enabled(not official_frozen):
+            if frozen_scores is None:
                 logits = official(x[idx])
+                scores = to_scores(logits, task)
+            else:
+                scores = frozen_scores[idx]
             loss = official_loss(logits, y_o[idx], task.kind, w_o[idx]) if official_loss_on else 0.0
             if secrets:
-                features = secret_input(to_scores(logits, task), side[idx])
+                features = secret_input(scores, side[idx])
                 secret_loss = sum(
                     official_loss(
                         net(features), targets[name][idx], "multiclass", weights[name][idx]
