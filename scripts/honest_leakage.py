@@ -118,7 +118,8 @@ def main() -> None:
     train_all, test = dataset.supplier_train(), dataset.supplier_test()
     train, val = split_validation(train_all, 0.1, args.seed)
     task = dataset.spec.official
-    # the seed the full reproduction gives its honest N_o (train_supplier's fresh(1))
+    # the initialisation the full reproduction gives its honest N_o (train_supplier's fresh(1));
+    # the batch order differs, so the two runs' honest networks are not the same
     torch.manual_seed(int(stream(args.seed, 20, 1).generate_state(1)[0]))
     body = LeNetLike.build(LeNetLike.Params(), tuple(train.x.shape[1:]), task.outputs)
     net = ScoreNet(body, task)
