@@ -67,3 +67,43 @@ def test_released_scores_are_logits_or_probabilities():
     multilabel = OfficialTask(kind="multilabel", names=("a", "b"), released="logits")
     flags = official_quality(np.array([[-0.1, 0.2]]), np.array([[0, 1]]), multilabel)
     assert flags["accuracy"] == 1.0  # logits are thresholded at 0, probabilities at 0.5
+
+
+def test_black_box_regime_leaves_the_honest_network_untouched():
+    """To-then-Ts trains N_s on a frozen N_o's scores (computed once, not every epoch): N_o's
+    weights stay bit-identical, the secret still learns, and asking to train a frozen N_o on
+    the official loss is refused."""
+    import pytest
+    import torch
+
+    from splitsim.attacks.hidden_learning import ScoreNet, predict_secret, train_regime
+    from splitsim.metrics import accuracy, majority_rate
+
+    ds = CovidHealthRecords(
+        CovidHealthRecords.Params(train_records=3000, test_records=1000), seed=0
+    )
+    train, test = ds.supplier_train(), ds.supplier_test()
+    task = ds.spec.official
+    torch.manual_seed(0)
+    official = ScoreNet(mlp(train.x.shape[1], [32, 32], 2), task)
+    common = dict(epochs=3, batch_size=64, lr=1e-3, seed=0, on_epoch=lambda _: None)
+    honest = train_regime(
+        official, {}, train, test, task, official_loss_on=True, official_frozen=False, **common
+    ).official
+    before = {k: v.clone() for k, v in honest.state_dict().items()}
+    n_in = task.outputs + train.side.shape[1]
+    secret = {"cv_risk": mlp(n_in, [16, 32], len(ds.spec.secret_classes["cv_risk"]))}
+    trained = train_regime(
+        honest, secret, train, test, task, official_loss_on=False, official_frozen=True, **common
+    )
+    for k, v in trained.official.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    with torch.no_grad():
+        scores = trained.official.scores(torch.as_tensor(test.x)).numpy()
+    truth = test.secrets["cv_risk"]
+    acc = accuracy(predict_secret(trained.secrets["cv_risk"], scores, test.side), truth)
+    assert acc > majority_rate(truth) + 0.04, (acc, majority_rate(truth))
+    with pytest.raises(ValueError, match="frozen"):
+        train_regime(
+            honest, {}, train, test, task, official_loss_on=True, official_frozen=True, **common
+        )
