@@ -20,8 +20,8 @@ import torch
 
 from splitsim.cli import main as splitsim_main
 from splitsim.data.score_data import partition_sizes
-from splitsim.engine.score_deployment import official_network
 from splitsim.registry import DATASETS
+from splitsim.roles.hidden_learning.protocol import official_network
 from splitsim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]

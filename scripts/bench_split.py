@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 def flower(owners: int, images: int, epochs: int) -> dict:
     from splitsim.engine.node_state import state_root
     from splitsim.engine.simulation import simulate
-    from splitsim.engine.split_training import SplitOutcome, client_app, server_app
     from splitsim.engine.wire import WireLog
+    from splitsim.roles.model_inversion.protocol import SplitOutcome, client_app, server_app
     from splitsim.scenario import load_scenario
 
     scenario = load_scenario(

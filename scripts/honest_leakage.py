@@ -26,12 +26,12 @@ import torch
 from reproduce_hidden_learning import PAPER_TABLE1  # scripts/ is on the path when run
 from torch.nn import functional as F
 
-from splitsim.attacks.hidden_learning import ScoreNet, official_loss, split_validation
-from splitsim.data.score_data import stream
+from splitsim import seeds
 from splitsim.metrics import accuracy
 from splitsim.models.lenet import LeNetLike
 from splitsim.models.mlp import mlp
 from splitsim.registry import DATASETS
+from splitsim.roles.hidden_learning.attack import ScoreNet, official_loss, split_validation
 from splitsim.runs import write_atomic
 from splitsim.scenario import Tasks
 
@@ -120,7 +120,7 @@ def main() -> None:
     task = dataset.spec.official
     # the initialisation the full reproduction gives its honest N_o (train_supplier's fresh(1));
     # the batch order differs, so the two runs' honest networks are not the same
-    torch.manual_seed(int(stream(args.seed, 20, 1).generate_state(1)[0]))
+    torch.manual_seed(seeds.int_seed(args.seed, "hidden.network_init", 1))
     body = LeNetLike.build(LeNetLike.Params(), tuple(train.x.shape[1:]), task.outputs)
     net = ScoreNet(body, task)
     optimiser = torch.optim.Adam(net.parameters(), lr=1e-3)

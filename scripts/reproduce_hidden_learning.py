@@ -64,14 +64,14 @@ def run_one(job: dict) -> dict:
     """Train one (experiment, seed) and return its JSON-able result."""
     import torch
 
-    from splitsim.attacks.hidden_learning import (
+    from splitsim.models.lenet import LeNetLike
+    from splitsim.models.mlp import mlp
+    from splitsim.registry import DATASETS
+    from splitsim.roles.hidden_learning.attack import (
         regime_metrics,
         train_supplier,
         weight_noise_robustness,
     )
-    from splitsim.models.lenet import LeNetLike
-    from splitsim.models.mlp import mlp
-    from splitsim.registry import DATASETS
     from splitsim.scenario import Tasks
 
     torch.set_num_threads(job["threads"])

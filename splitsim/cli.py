@@ -51,7 +51,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(console: Console) -> int:
-    import splitsim.plugins  # noqa: F401
     from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES, describe
 
     for registry in (ROLES, DEFENCES, DATASETS, MODELS):
@@ -84,8 +83,8 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     matrix = load_matrix(args.matrix, args.overrides)
     cells = expand(matrix, args.matrix)  # every cell checked before anything runs
 
+    from splitsim.matrix import report
     from splitsim.matrix.runner import run_cells
-    from splitsim.reports import matrix as report
 
     out = Path(args.out or Path(matrix.output_dir) / matrix.name).resolve()
     out.mkdir(parents=True, exist_ok=True)

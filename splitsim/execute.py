@@ -13,7 +13,7 @@ from splitsim.scenario import Scenario
 
 def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = None) -> Path:
     """Run ``scenario``; returns the finished run folder (a failure leaves ``<stamp>.failed``)."""
-    from splitsim import reports
+    from splitsim import reporting
     from splitsim.registry import ROLES
     from splitsim.runs import open_run, versions
 
@@ -32,7 +32,7 @@ def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = 
             "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
             "versions": versions(),
         }
-        reports.write(run.folder, scenario.name, results, outcome["plots"], role)
+        reporting.write(run.folder, scenario.name, results, outcome["plots"], role)
     console.print(role.report.console_table(results["metrics"]))
     console.print(f"run folder: [bold]{run.folder}[/bold]")
     return run.folder

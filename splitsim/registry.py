@@ -2,15 +2,43 @@
 
 A plugin registers itself with ``@DEFENCES.register("laplace")``; the scenario loader validates
 the YAML against the registered class's ``Params`` model, and ``python -m splitsim list`` prints
-what is registered. Importing :mod:`splitsim.plugins` fills the tables with the built-in parts.
+what is registered.
+
+The tables fill themselves on first use: they import the modules named by the entry-point group
+``splitsim.plugins`` (a package of one's own can publish parts there) and ``splitsim.plugins``,
+which holds the built-in parts. The registry knows those modules by name only, the way Flower
+finds a ServerApp, so the scenario loader that uses the tables does not depend on the roles that
+depend on it.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from importlib import metadata
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
+
+BUILTIN = "splitsim.plugins"
+ENTRY_POINTS = "splitsim.plugins"
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import the built-in parts and every installed plugin once (idempotent)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # first, so that a plugin's own look-ups while it registers do not recurse
+    try:
+        importlib.import_module(BUILTIN)
+        for entry in metadata.entry_points(group=ENTRY_POINTS):
+            if entry.value != BUILTIN:
+                entry.load()
+    except BaseException:
+        _loaded = False
+        raise
 
 
 class Registry(Generic[T]):
@@ -28,6 +56,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -35,12 +64,15 @@ class Registry(Generic[T]):
             raise KeyError(f"unknown {self.kind} {name!r}; allowed: {allowed}") from None
 
     def __contains__(self, name: object) -> bool:
+        load_plugins()
         return name in self._entries
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
+        load_plugins()
         return sorted(self._entries.items())
 
 

@@ -288,7 +288,6 @@ def _bind(plugin: Plugin, registry: Registry, loc: tuple[Any, ...], source: str)
 
 def validate(data: Any, source: str) -> Scenario:
     """Turn a raw mapping into a checked :class:`Scenario`, or raise one :class:`ScenarioError`."""
-    import splitsim.plugins  # noqa: F401  (fills the registries)
 
     if not isinstance(data, dict):
         raise ScenarioError(source, "", "a scenario must be a YAML mapping of fields")

@@ -1,8 +1,8 @@
 """Hidden learning on small data: the joint training beats the black-box baseline."""
 
-from splitsim.attacks.hidden_learning import regime_metrics, train_supplier
 from splitsim.data.health_records import CovidHealthRecords
 from splitsim.models.mlp import mlp
+from splitsim.roles.hidden_learning.attack import regime_metrics, train_supplier
 
 
 def test_regimes_order_as_in_the_paper():
@@ -48,8 +48,8 @@ def test_released_scores_are_logits_or_probabilities():
     import numpy as np
     import torch
 
-    from splitsim.attacks.hidden_learning import ScoreNet, official_quality
     from splitsim.data.score_data import OfficialTask
+    from splitsim.roles.hidden_learning.attack import ScoreNet, official_quality
 
     torch.manual_seed(0)
     body = mlp(4, [8], 2)
@@ -76,13 +76,13 @@ def test_black_box_regime_leaves_the_honest_network_untouched():
     import pytest
     import torch
 
-    from splitsim.attacks.hidden_learning import (
+    from splitsim.metrics import accuracy, majority_rate
+    from splitsim.roles.hidden_learning.attack import (
         ScoreNet,
         predict_scores,
         predict_secret,
         train_regime,
     )
-    from splitsim.metrics import accuracy, majority_rate
 
     ds = CovidHealthRecords(
         CovidHealthRecords.Params(train_records=3000, test_records=1000), seed=0

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from splitsim.attacks.perturbation_probe import CHANGED, REFUSED, SAME, directions, search
 from splitsim.cli import main
 from splitsim.defences.query_budget import QueryBudget
 from splitsim.defences.randomised_response import RandomisedResponse
 from splitsim.engine.wire import read
+from splitsim.roles.perturbation_probe.attack import CHANGED, REFUSED, SAME, directions, search
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [

@@ -14,7 +14,13 @@ import torch
 from flwr.app import RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from splitsim.attacks.property_inference import (
+from splitsim.cli import main
+from splitsim.defences.update_noise import UpdateNoise
+from splitsim.engine.codec import arrays_to_record
+from splitsim.engine.local_training import flat_parameters, train_locally
+from splitsim.engine.wire import read
+from splitsim.models.feature_mlp import FeatureNet
+from splitsim.roles.property_inference.attack import (
     AdversaryStore,
     PropertyTask,
     feature_separation,
@@ -22,12 +28,6 @@ from splitsim.attacks.property_inference import (
     layer_slice,
     others_update,
 )
-from splitsim.cli import main
-from splitsim.defences.update_noise import UpdateNoise
-from splitsim.engine.codec import arrays_to_record
-from splitsim.engine.local_training import flat_parameters, train_locally
-from splitsim.engine.wire import read
-from splitsim.models.feature_mlp import FeatureNet
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "fl_property_inference.yaml"

@@ -20,9 +20,9 @@ import yaml
 from splitsim.cli import main
 from splitsim.defences.nopeek import distance_correlation
 from splitsim.engine.node_state import NodeState
-from splitsim.engine.split_training import fedavg, train_partition
 from splitsim.engine.wire import read
 from splitsim.metrics import load_dcor
+from splitsim.roles.model_inversion.protocol import fedavg, train_partition
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "mnist_inversion.yaml"

@@ -39,13 +39,8 @@ from dataclasses import dataclass
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from splitsim.data.score_data import (
-    DatasetSpec,
-    OfficialTask,
-    ScoreData,
-    partition_sizes,
-    stream,
-)
+from splitsim import seeds
+from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_sizes
 from splitsim.registry import DATASETS
 
 REGIONS = 8
@@ -217,10 +212,6 @@ def generate(n: int, seed: int | np.random.SeedSequence) -> HealthRecords:
     )
 
 
-# Random-stream purposes: the supplier's training and test records, and the deployed users.
-_TRAIN, _TEST, _DEPLOY = 1, 2, 3
-
-
 def to_score_data(records: HealthRecords) -> ScoreData:
     return ScoreData(
         x=records.features(),
@@ -267,12 +258,16 @@ class CovidHealthRecords:
         self.spec = self.fixed
 
     def supplier_train(self) -> ScoreData:
-        return to_score_data(generate(self.params.train_records, stream(self.seed, _TRAIN)))
+        return to_score_data(
+            generate(self.params.train_records, seeds.stream(self.seed, "records.train"))
+        )
 
     def supplier_test(self) -> ScoreData:
-        return to_score_data(generate(self.params.test_records, stream(self.seed, _TEST)))
+        return to_score_data(
+            generate(self.params.test_records, seeds.stream(self.seed, "records.test"))
+        )
 
     def partition(self, pid: int, clients: int, users: int) -> ScoreData:
         """The users held by Flower node ``pid``: regenerated from the seed, never shipped."""
         size = partition_sizes(users, clients)[pid]
-        return to_score_data(generate(size, stream(self.seed, _DEPLOY, pid)))
+        return to_score_data(generate(size, seeds.stream(self.seed, "records.deploy", pid)))

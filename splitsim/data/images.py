@@ -22,8 +22,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from splitsim import seeds
 from splitsim.data import fetch, tasks
-from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_sizes, stream
+from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_sizes
 from splitsim.registry import DATASETS
 
 FASHION_CLASSES = (
@@ -34,7 +35,6 @@ CIFAR_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
-_DEPLOY_ORDER, _TRAIN_SUBSET = 50, 51
 
 
 @functools.cache
@@ -129,7 +129,7 @@ class ImageDataset:
         x, y = self._arrays(train=True)
         if self.params.train_limit is not None and self.params.train_limit < len(x):
             keep = np.sort(
-                np.random.default_rng(stream(self.seed, _TRAIN_SUBSET)).permutation(len(x))[
+                seeds.rng(self.seed, "images.train_subset").permutation(len(x))[
                     : self.params.train_limit
                 ]
             )
@@ -142,7 +142,7 @@ class ImageDataset:
     def partition(self, pid: int, clients: int, users: int) -> ScoreData:
         """Node ``pid``'s share of the first ``users`` test images in a seeded order."""
         x, y = self._arrays(train=False)
-        order = np.random.default_rng(stream(self.seed, _DEPLOY_ORDER)).permutation(len(x))[:users]
+        order = seeds.rng(self.seed, "images.deploy_order").permutation(len(x))[:users]
         sizes = partition_sizes(users, clients)
         start = sum(sizes[:pid])
         index = order[start : start + sizes[pid]]

@@ -72,13 +72,3 @@ def partition_sizes(users: int, clients: int) -> list[int]:
     """Users per client, as equal as possible, in partition order."""
     base, extra = divmod(users, clients)
     return [base + (1 if i < extra else 0) for i in range(clients)]
-
-
-def stream(seed: int, *labels: int) -> np.random.SeedSequence:
-    """An independent random stream per (seed, purpose, partition): reproducible anywhere."""
-    return np.random.SeedSequence([seed, *labels])
-
-
-def int_seed(seed: int, *labels: int) -> int:
-    """:func:`stream` as one integer, for APIs that take an int seed (torch)."""
-    return int(stream(seed, *labels).generate_state(1)[0])

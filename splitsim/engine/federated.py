@@ -32,7 +32,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
-from splitsim.engine.simulation import send_and_receive
+from splitsim.engine.grid import send_and_receive
 from splitsim.engine.wire import WireLog
 from splitsim.scenario import Engine, Fault
 

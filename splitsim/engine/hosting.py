@@ -26,7 +26,7 @@ from flwr.app import Context
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
-from splitsim.engine.simulation import wait_for_nodes
+from splitsim.engine.grid import wait_for_nodes
 from splitsim.runs import write_atomic
 
 NODE_WAIT_S = 120.0

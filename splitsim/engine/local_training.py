@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from splitsim.defences.dp_sgd import DPSGD
-from splitsim.engine.simulation import release_cuda
+from splitsim.engine.resources import release_cuda
 
 
 @dataclass

@@ -54,7 +54,6 @@ def _last_line(text: str) -> str:
 
 def execute_cell(cell_id: str, role: str, scenario: dict, out: str, cpus: int) -> dict:
     """Run one cell to completion (in a Ray task) and write its record; returns the record."""
-    import splitsim.plugins  # noqa: F401
     from splitsim.registry import ROLES
 
     root = Path(out)

@@ -129,7 +129,6 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
         raise _pydantic_error(err, source, Matrix) from None
     if not matrix.name:
         matrix.name = Path(source).stem
-    import splitsim.plugins  # noqa: F401
 
     labels = [d.label for d in matrix.defences]
     for i, label in enumerate(labels):

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 
 from splitsim.matrix.score import defence_score, pareto_front  # noqa: E402
 from splitsim.matrix.spec import Cell, Matrix  # noqa: E402
-from splitsim.reports import save_figure  # noqa: E402
+from splitsim.reporting import save_figure  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
 
 COLUMNS = [

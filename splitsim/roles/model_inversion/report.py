@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from splitsim.reports import pct, wire_section  # noqa: E402
+from splitsim.reporting import pct, wire_section  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitsim.attacks.decoder_fit import fit_decoder
+from splitsim.decoding import fit_decoder
 from splitsim.models.split_cnn import InversionDecoder
 
 

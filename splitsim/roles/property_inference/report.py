@@ -17,7 +17,7 @@ from sklearn.decomposition import PCA  # noqa: E402
 from sklearn.manifold import TSNE  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
-from splitsim.reports import pct, save_figure, wire_section  # noqa: E402
+from splitsim.reporting import pct, save_figure, wire_section  # noqa: E402
 from splitsim.runs import write_atomic  # noqa: E402
 
 

@@ -31,25 +31,23 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from splitsim.attacks import property_inference as attack
+from splitsim import seeds
 from splitsim.data.images import FASHION_CLASSES, FashionMNIST, _load
-from splitsim.data.score_data import int_seed, partition_sizes, stream
+from splitsim.data.score_data import partition_sizes
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
 from splitsim.engine import federated
 from splitsim.engine.local_training import flat_parameters, load_flat, train_locally
 from splitsim.engine.node_state import state_root
-from splitsim.engine.simulation import client_device, simulate
+from splitsim.engine.resources import client_device
+from splitsim.engine.simulation import simulate
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.registry import MODELS, ROLES
-from splitsim.reports import property_inference as report
+from splitsim.roles.property_inference import attack, report
 from splitsim.runs import Run
 from splitsim.scenario import Deployment, Scenario, Training
-
-# Random-stream purposes.
-_SPLIT, _SCHEDULE, _ROUND, _LOCAL, _SYNTH, _UPDATE_NOISE, _INIT, _PROBE = range(80, 88)
 
 
 @ROLES.register("property_inference")
@@ -210,7 +208,7 @@ class PropertyInferenceParticipant:
 
         # Figure 3: the global models' features on test records, coloured by the property.
         with run.phase("feature projection", len(alphas)) as advance:
-            rng = np.random.default_rng(stream(scenario.seed, _PROBE))
+            rng = seeds.rng(scenario.seed, "property.probe")
             pick = rng.choice(len(setup.x_test), size=min(p.projection_points, len(setup.x_test)),
                               replace=False)  # fmt: skip
             projections = {}
@@ -287,13 +285,13 @@ class _Setup:
         self._keep_test = np.flatnonzero(np.isin(labels_test, self.task.classes))
         self.y_test = self.task.task(labels_test[self._keep_test])
         self.p_test = self.task.prop(labels_test[self._keep_test])
-        order = np.random.default_rng(stream(scenario.seed, _SPLIT)).permutation(len(self.y))
+        order = seeds.rng(scenario.seed, "property.split").permutation(len(self.y))
         self.aux = np.sort(order[: p.aux_size])
         rest = order[p.aux_size :]
         sizes = partition_sizes(len(rest), self.clients)
         bounds = np.cumsum([0, *sizes])
         self.partitions = [np.sort(rest[bounds[i] : bounds[i + 1]]) for i in range(self.clients)]
-        sched = np.random.default_rng(stream(scenario.seed, _SCHEDULE)).random(p.rounds + 1)
+        sched = seeds.rng(scenario.seed, "property.schedule").random(p.rounds + 1)
         self.schedule = (sched < 0.5).astype(np.int64)  # index = round; round 0 unused
         self.defences = build_defences(scenario.defences)
         self.chance = float(np.bincount(self.y_test).max() / len(self.y_test))
@@ -349,7 +347,7 @@ class _Setup:
         )
 
     def round_records(self, pid: int, rnd: int) -> np.ndarray:
-        rng = np.random.default_rng(stream(self.scenario.seed, _ROUND, pid, rnd))
+        rng = seeds.rng(self.scenario.seed, "property.round_records", pid, rnd)
         if pid == self.p.target:
             return self.draw(self.partitions[pid], rng, bool(self.schedule[rnd]))
         return self.draw(self.partitions[pid], rng, None)
@@ -375,7 +373,9 @@ class _Setup:
             device=client_device(self.scenario.engine),
         )
         update = flat_parameters(net) - before
-        rng = np.random.default_rng(stream(self.scenario.seed, _UPDATE_NOISE, *noise_seed))
+        rng = np.random.default_rng(
+            seeds.stream(self.scenario.seed, "property.update_noise", *noise_seed)
+        )
         update = apply_stage(self.defences, "update", update, rng)
         load_flat(net, before + update)
         return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
@@ -389,7 +389,7 @@ def _train_once(
     seed = scenario.seed
     nodes = setup.clients + 1
     adversary = setup.clients  # the last partition
-    torch.manual_seed(int_seed(seed, _INIT))
+    torch.manual_seed(seeds.int_seed(seed, "property.init"))
     net0 = setup.build()
     initial = {k2: v.detach().numpy().copy() for k2, v in net0.state_dict().items()}
     observed = attack.layer_slice(net0, p.observe)
@@ -401,7 +401,12 @@ def _train_once(
     def train(pid: int, rnd: int, weights: dict[str, np.ndarray]) -> tuple[dict, dict]:
         if pid != adversary:
             ids = setup.round_records(pid, rnd)
-            out = setup.honest_update(weights, ids, int_seed(seed, _LOCAL, pid, rnd), (k, pid, rnd))
+            out = setup.honest_update(
+                weights,
+                ids,
+                seeds.int_seed(seed, "property.local_training", pid, rnd),
+                (k, pid, rnd),
+            )
             return out, {"num-examples": len(ids)}
         return _adversary_train(setup, store_dir, alpha, rnd, weights, observed), {
             "num-examples": p.records_per_round
@@ -454,7 +459,9 @@ def _train_once(
         "auc": attack.auc(truth, inference.scores),
         "accuracy": outcome.history[-1]["accuracy"],
         "accuracy_history": [h["accuracy"] for h in outcome.history],
-        "features": attack.feature_separation(feats, setup.p_test, int_seed(seed, _PROBE)),
+        "features": attack.feature_separation(
+            feats, setup.p_test, seeds.int_seed(seed, "property.probe")
+        ),
         "scored_rounds": len(inference.rounds),
         "rounds": inference.rounds,
         "scores": inference.scores.tolist(),
@@ -477,7 +484,7 @@ def _adversary_train(
     p = setup.p
     seed = setup.scenario.seed
     store = attack.AdversaryStore(store_dir)
-    rng = np.random.default_rng(stream(seed, _SYNTH, rnd))
+    rng = seeds.rng(seed, "property.synthetic", rnd)
     net = setup.build()
     net.load_state_dict({n: torch.from_numpy(v.copy()) for n, v in weights.items()})
     before = flat_parameters(net)
@@ -490,7 +497,7 @@ def _adversary_train(
                 out = setup.honest_update(
                     weights,
                     ids,
-                    int_seed(seed, _SYNTH, rnd, j, with_property),
+                    seeds.int_seed(seed, "property.synthetic", rnd, j, with_property),
                     (setup.clients + 1, rnd, j),
                 )
                 net_j = setup.build()
@@ -505,7 +512,7 @@ def _adversary_train(
                     epochs=p.local_epochs,
                     batch_size=p.local_batch_size,
                     lr=p.local_lr,
-                    seed=int_seed(seed, _SYNTH, rnd, j, with_property),
+                    seed=seeds.int_seed(seed, "property.synthetic", rnd, j, with_property),
                     device=client_device(setup.scenario.engine),
                 )
             feats.append((flat_parameters(net_j) - before)[observed])
@@ -513,7 +520,7 @@ def _adversary_train(
     store.save_synthetic(rnd, np.stack(feats).astype(np.float32), np.array(labels))
 
     head = torch.nn.Linear(net.feature_dim, 2)
-    torch.manual_seed(int_seed(seed, _INIT, 1))
+    torch.manual_seed(seeds.int_seed(seed, "property.init", 1))
     head.reset_parameters()
     store.load_head(head)
     ids = rng.choice(setup.aux, size=p.records_per_round, replace=False)
@@ -524,7 +531,7 @@ def _adversary_train(
         epochs=p.local_epochs,
         batch_size=p.local_batch_size,
         lr=p.local_lr,
-        seed=int_seed(seed, _LOCAL, setup.clients, rnd),
+        seed=seeds.int_seed(seed, "property.local_training", setup.clients, rnd),
         head=head,
         p=setup.prop[ids],
         alpha=alpha,

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitsim.attacks.decoder_fit import fit_decoder
+from splitsim.decoding import fit_decoder
 from splitsim.models.probe_cnn import SignatureDecoder
 
 DIRECTION_KINDS = ("random", "centroid", "gradient")

@@ -24,22 +24,14 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from splitsim.attacks.decoder_fit import reconstruct
-from splitsim.attacks.model_inversion import intermediates, train_decoder
+from splitsim import seeds
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
-from splitsim.data.score_data import int_seed, stream
+from splitsim.decoding import reconstruct
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
 from splitsim.engine.node_state import state_root
-from splitsim.engine.simulation import resolve_device, simulate
-from splitsim.engine.split_training import (
-    SplitOutcome,
-    client_app,
-    server_app,
-    split_parts,
-    test_partition,
-    train_partition,
-)
+from splitsim.engine.resources import resolve_device
+from splitsim.engine.simulation import simulate
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
@@ -51,11 +43,19 @@ from splitsim.metrics import (
 )
 from splitsim.reference_classifier import predict, reference_classifier
 from splitsim.registry import DATASETS, DEFENCES, ROLES
-from splitsim.reports import model_inversion as report
+from splitsim.roles.model_inversion import report
+from splitsim.roles.model_inversion.attack import intermediates, train_decoder
+from splitsim.roles.model_inversion.protocol import (
+    SplitOutcome,
+    client_app,
+    server_app,
+    split_parts,
+    test_partition,
+    train_partition,
+)
 from splitsim.runs import Run
 from splitsim.scenario import Scenario
 
-_TARGETS, _ATTACK, _SWEEP = 70, 71, 72
 MNIST_TEST = 10_000
 
 
@@ -192,7 +192,7 @@ class ModelInversionServer:
         )
         x_train, y_train = dataset.classifier_train()
         x_test, y_test = dataset.images(train=False)
-        rng = np.random.default_rng(stream(scenario.seed, _TARGETS))
+        rng = seeds.rng(scenario.seed, "inversion.training_targets")
         keep = rng.choice(len(x_train), size=min(p.training_targets, len(x_train)), replace=False)
         steps_per_round = sum(
             -(-len(train_partition(len(x_train), clients, pid, scenario.seed)) // t.batch_size)
@@ -278,7 +278,7 @@ class ModelInversionServer:
                 p.aux_size,
                 p.val_size,
                 p.aux_classes,
-                int_seed(scenario.seed, _ATTACK),
+                seeds.int_seed(scenario.seed, "inversion.attack"),
                 scenario.dataset.params.download,
             )
             aux, val = own.x, own.x_val
@@ -287,7 +287,7 @@ class ModelInversionServer:
         known = [d for d in build_defences(scenario.defences) if d.stage == "payload"]
         defend = None
         if p.adaptive and known:
-            defence_rng = np.random.default_rng(stream(scenario.seed, _ATTACK, 1))
+            defence_rng = seeds.rng(scenario.seed, "inversion.attack", 1)
 
             def defend(z: np.ndarray) -> np.ndarray:
                 return apply_stage(known, "payload", z, defence_rng)
@@ -301,7 +301,7 @@ class ModelInversionServer:
                 epochs=p.decoder_epochs,
                 batch_size=t.batch_size,
                 lr=t.lr,
-                seed=int_seed(scenario.seed, _ATTACK),
+                seed=seeds.int_seed(scenario.seed, "inversion.attack"),
                 device=resolve_device(scenario.engine),
                 deep=p.decoder == "deep",
                 on_epoch=advance,
@@ -324,7 +324,7 @@ class ModelInversionServer:
             sweep, sweep_pictures = [], []
             pictures = _one_per_class(truth)
             for i, b in enumerate(p.noise_sweep):
-                noise_rng = np.random.default_rng(stream(scenario.seed, _SWEEP, i))
+                noise_rng = seeds.rng(scenario.seed, "inversion.noise_sweep", i)
                 noisy = clean_z + noise_rng.laplace(0.0, b, clean_z.shape).astype(np.float32)
                 with torch.no_grad():
                     pred = server_seg(torch.from_numpy(noisy)).argmax(1).numpy()

@@ -30,24 +30,24 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim import defences as defence_lib
-from splitsim.attacks.decoder_fit import reconstruct
-from splitsim.attacks.perturbation_probe import directions, local_oracle, search, train_decoder
+from splitsim import seeds
 from splitsim.data.mnist import ATTACKER_TRAIN
-from splitsim.data.score_data import int_seed, stream
-from splitsim.engine.probe_oracle import ProbeOutcome, Session, client_app, server_app
-from splitsim.engine.simulation import resolve_device, simulate
-from splitsim.engine.split_training import test_partition
+from splitsim.decoding import reconstruct
+from splitsim.engine.resources import resolve_device
+from splitsim.engine.simulation import simulate
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
 from splitsim.registry import DATASETS, MODELS, ROLES
-from splitsim.reports import perturbation_probe as report
+from splitsim.roles.model_inversion.protocol import test_partition
+from splitsim.roles.perturbation_probe import report
+from splitsim.roles.perturbation_probe.attack import directions, local_oracle, search, train_decoder
+from splitsim.roles.perturbation_probe.protocol import ProbeOutcome, Session, client_app, server_app
 from splitsim.runs import Run
 from splitsim.scenario import Plugin, Scenario
 
-_DIRECTIONS, _DECODER, _SERVED, _INPUT_NOISE_EVAL = 100, 101, 102, 103
 MNIST_TEST = 10_000
 AUX_MAX = 10_000  # MNIST 40,000-50,000
 
@@ -162,7 +162,7 @@ class PerturbationProber:
         dirs, decoders, stats, history = {}, {}, {}, {}
         with run.phase("adversary's signatures", len(p.directions) * p.max_steps) as advance:
             for kind in p.directions:
-                seed = int_seed(scenario.seed, _DIRECTIONS)
+                seed = seeds.int_seed(scenario.seed, "probe.directions")
                 dirs[kind] = directions(
                     kind, p.num_directions, (1, 28, 28), seed, model, aux_x, aux_y
                 )
@@ -181,7 +181,7 @@ class PerturbationProber:
                     epochs=p.decoder_epochs,
                     batch_size=64,
                     lr=1e-3,
-                    seed=int_seed(scenario.seed, _DECODER),
+                    seed=seeds.int_seed(scenario.seed, "probe.decoder"),
                     device=resolve_device(scenario.engine),
                     on_epoch=advance,
                 )
@@ -337,8 +337,8 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
         model.load_state_dict(torch.load(path, weights_only=True))
         advance(n=epochs)
         return model.eval()
-    torch.manual_seed(int_seed(seed, _SERVED))
-    generator = torch.Generator().manual_seed(int_seed(seed, _SERVED))
+    torch.manual_seed(seeds.int_seed(seed, "probe.served_model"))
+    generator = torch.Generator().manual_seed(seeds.int_seed(seed, "probe.served_model"))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
@@ -361,7 +361,7 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
 def cached_signatures(model, x, dirs, search_args: dict, root: str, advance):
     """The adversary's signatures of its own images, computed once per model, directions,
     images and search settings (they dominate the cost), then read from the cache."""
-    from splitsim.attacks.perturbation_probe import Signatures
+    from splitsim.roles.perturbation_probe.attack import Signatures
 
     digest = hashlib.sha256()
     for v in model.state_dict().values():
@@ -394,5 +394,5 @@ def served_accuracy(model, x, y, defences: list, seed: int) -> float:
     """The served model's accuracy on the owners' own inputs under their input-stage defences
     (the only ones that change what an honest evaluation returns)."""
     chosen = [d for d in defence_lib.build(defences) if d.stage == "input"]
-    rng = np.random.default_rng(stream(seed, _INPUT_NOISE_EVAL))
+    rng = seeds.rng(seed, "probe.served_input_noise")
     return accuracy(predict(model, defence_lib.apply_stage(chosen, "input", x, rng)), y)

@@ -1,5 +1,5 @@
 """What a finished run leaves behind: results.json and metrics.csv for every role, then the
-role's own report (report.md, plots) from ``splitsim/reports/<role>.py``."""
+role's own report (report.md, plots) from ``splitsim/roles/<role>/report.py``."""
 
 from __future__ import annotations
 

@@ -31,13 +31,11 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from splitsim import defences as defence_lib
-from splitsim.attacks.perturbation_probe import REFUSED, Signatures, search
-from splitsim.data.score_data import stream
+from splitsim import seeds
 from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state
-from splitsim.engine.simulation import exchange, wait_for_nodes
+from splitsim.engine.grid import exchange, wait_for_nodes
 from splitsim.engine.wire import WireLog
-
-_INPUT_NOISE, _ANSWER_NOISE = 90, 91
+from splitsim.roles.perturbation_probe.attack import REFUSED, Signatures, search
 
 
 @dataclass
@@ -103,14 +101,16 @@ def client_app(
         directions = record_to_arrays(context.state[f"directions{session}"])["d"]
         reference = _top1(model, x)
         bits = np.full(len(inputs), REFUSED, dtype=np.uint8)
-        rng = np.random.default_rng(stream(seed, _INPUT_NOISE, pid, session, step))
+        rng = seeds.rng(seed, "probe.client_input_noise", pid, session, step)
         idx = np.flatnonzero(answered)
         for s in range(0, len(idx), 512):  # small batches are faster (see local_oracle)
             part = idx[s : s + 512]
             probe = x[inputs[part]] + eps[part].reshape(-1, 1, 1, 1) * directions[dirs[part]]
             probe = defence_lib.apply_stage(chosen, "input", probe, rng)
             bits[part] = _top1(model, probe) != reference[inputs[part]]
-        answer_rng = np.random.default_rng(stream(seed, _ANSWER_NOISE, pid, session, step))
+        answer_rng = np.random.default_rng(
+            seeds.stream(seed, "probe.client_answer_noise", pid, session, step)
+        )
         bits[idx] = defence_lib.apply_stage(chosen, "answer", bits[idx], answer_rng)
         return Message(RecordDict({"bits": arrays_to_record({"bits": bits})}), reply_to=msg)
 

@@ -28,21 +28,19 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from splitsim import defences as defence_lib
-from splitsim.attacks.hidden_learning import ScoreNet
-from splitsim.data.score_data import stream
+from splitsim import seeds
 from splitsim.engine.codec import (
     arrays_to_record,
     record_to_arrays,
     record_to_state,
     state_to_record,
 )
-from splitsim.engine.simulation import client_device, exchange, release_cuda, wait_for_nodes
+from splitsim.engine.grid import exchange, wait_for_nodes
+from splitsim.engine.resources import client_device, release_cuda
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
+from splitsim.roles.hidden_learning.attack import ScoreNet
 from splitsim.scenario import Scenario, dataset_spec
-
-# Random-stream purposes on the client side.
-_WEIGHT_NOISE, _PAYLOAD_NOISE = 40, 41
 
 
 @dataclass
@@ -87,7 +85,7 @@ def _handle(
     chosen = defence_lib.build(scenario.defences)
     phase = msg.content["config"]["phase"]
     if phase == "install":
-        rng = np.random.default_rng(stream(scenario.seed, _WEIGHT_NOISE, pid))
+        rng = seeds.rng(scenario.seed, "hidden.client_weight_noise", pid)
         weights = record_to_arrays(msg.content["official_model"])
         weights = {
             k: defence_lib.apply_stage(chosen, "weights", w, rng) for k, w in weights.items()
@@ -108,7 +106,7 @@ def _handle(
         scores = net.scores(torch.as_tensor(users.x).to(device)).cpu().numpy()
     del net
     release_cuda(device)
-    rng = np.random.default_rng(stream(scenario.seed, _PAYLOAD_NOISE, pid))
+    rng = seeds.rng(scenario.seed, "hidden.client_payload_noise", pid)
     scores = defence_lib.apply_stage(chosen, "payload", scores, rng)
     side_fields = dataset_spec(scenario).side_fields
     payload = {"scores": scores, **{name: users.side_raw[name] for name in side_fields}}

@@ -35,17 +35,15 @@ from flwr.serverapp import Grid, ServerApp
 from torch import nn
 
 from splitsim import defences as defence_lib
-from splitsim.data.score_data import int_seed, partition_sizes, stream
+from splitsim import seeds
+from splitsim.data.score_data import partition_sizes
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
+from splitsim.engine.grid import send_and_receive, wait_for_nodes
 from splitsim.engine.node_state import open_state
-from splitsim.engine.simulation import resolve_device, send_and_receive, wait_for_nodes
+from splitsim.engine.resources import resolve_device
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.scenario import Scenario
-
-# Random-stream purposes.
-_TRAIN_SPLIT, _BATCH_ORDER, _TRAIN_NOISE, _INFER_NOISE, _SERVER_INIT = 60, 61, 62, 63, 64
-_INFER_SPLIT = 65
 
 
 def split_parts(scenario: Scenario) -> tuple[nn.Module, nn.Module]:
@@ -56,7 +54,7 @@ def split_parts(scenario: Scenario) -> tuple[nn.Module, nn.Module]:
 
 def train_partition(n_train: int, clients: int, pid: int, seed: int) -> np.ndarray:
     """Node ``pid``'s training image ids: a seeded, even (IID) split of the classifier set."""
-    order = np.random.default_rng(stream(seed, _TRAIN_SPLIT)).permutation(n_train)
+    order = seeds.rng(seed, "split.train_partition").permutation(n_train)
     sizes = partition_sizes(n_train, clients)
     start = sum(sizes[:pid])
     return np.sort(order[start : start + sizes[pid]])
@@ -64,14 +62,14 @@ def train_partition(n_train: int, clients: int, pid: int, seed: int) -> np.ndarr
 
 def test_partition(n_test: int, users: int, clients: int, pid: int, seed: int) -> np.ndarray:
     """Node ``pid``'s share of the first ``users`` test images in a seeded order."""
-    order = np.random.default_rng(stream(seed, _INFER_SPLIT)).permutation(n_test)[:users]
+    order = seeds.rng(seed, "split.test_partition").permutation(n_test)[:users]
     sizes = partition_sizes(users, clients)
     start = sum(sizes[:pid])
     return order[start : start + sizes[pid]]
 
 
 def batch_order(ids: np.ndarray, seed: int, pid: int, rnd: int) -> np.ndarray:
-    return ids[np.random.default_rng(stream(seed, _BATCH_ORDER, pid, rnd)).permutation(len(ids))]
+    return ids[seeds.rng(seed, "split.batch_order", pid, rnd).permutation(len(ids))]
 
 
 def _config(phase: str, **values: int | str) -> ConfigRecord:
@@ -170,7 +168,7 @@ def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) 
         training_noise = [
             d for d in chosen if d.stage == "payload" and getattr(d.params, "during_training", 0)
         ]
-        rng = np.random.default_rng(stream(scenario.seed, _TRAIN_NOISE, pid, rnd, step))
+        rng = seeds.rng(scenario.seed, "split.training_noise", pid, rnd, step)
         z = defence_lib.apply_stage(training_noise, "payload", z, rng)
         content = RecordDict({"intermediate": arrays_to_record({"z": z, "ids": idx})})
         return Message(content, reply_to=msg)
@@ -179,7 +177,7 @@ def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) 
         idx = test_partition(len(x_test), scenario.deployment.users, clients, pid, scenario.seed)
         with torch.no_grad():
             z = state.model(torch.from_numpy(x_test[idx])).numpy()
-        rng = np.random.default_rng(stream(scenario.seed, _INFER_NOISE, pid))
+        rng = seeds.rng(scenario.seed, "split.inference_noise", pid)
         z = defence_lib.apply_stage(chosen, "payload", z, rng)
         content = RecordDict(
             {
@@ -299,7 +297,7 @@ def server_app(
         device = torch.device(resolve_device(scenario.engine))
         labels_t = torch.from_numpy(labels).to(device)
 
-        torch.manual_seed(int_seed(scenario.seed, _SERVER_INIT))
+        torch.manual_seed(seeds.int_seed(scenario.seed, "split.server_init"))
         client_init, server = split_parts(scenario)
         server.to(device)
         weights = {k: v.detach().numpy().copy() for k, v in client_init.state_dict().items()}

@@ -19,7 +19,16 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from splitsim.attacks.hidden_learning import (
+from splitsim.defences import build as build_defences
+from splitsim.engine.resources import resolve_device
+from splitsim.engine.simulation import simulate
+from splitsim.engine.wire import WireLog
+from splitsim.engine.wire import client_records as wire_records
+from splitsim.errors import ScenarioError
+from splitsim.metrics import accuracy, majority_rate
+from splitsim.registry import DATASETS, MODELS, ROLES
+from splitsim.roles.hidden_learning import report
+from splitsim.roles.hidden_learning.attack import (
     adapt_to_defences,
     official_quality,
     predict_scores,
@@ -27,21 +36,13 @@ from splitsim.attacks.hidden_learning import (
     train_supplier,
     weight_noise_robustness,
 )
-from splitsim.defences import build as build_defences
-from splitsim.engine.score_deployment import (
+from splitsim.roles.hidden_learning.protocol import (
     Received,
     client_app,
     official_network,
     save_received,
     server_app,
 )
-from splitsim.engine.simulation import resolve_device, simulate
-from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import client_records as wire_records
-from splitsim.errors import ScenarioError
-from splitsim.metrics import accuracy, majority_rate
-from splitsim.registry import DATASETS, MODELS, ROLES
-from splitsim.reports import hidden_learning as report
 from splitsim.runs import Run
 from splitsim.scenario import Scenario, dataset_spec
 

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from splitsim.data.score_data import OfficialTask, ScoreData, stream
+from splitsim import seeds
+from splitsim.data.score_data import OfficialTask, ScoreData
 from splitsim.metrics import accuracy, majority_rate, roc_auc
 
 Progress = Callable[[str], None]
@@ -242,7 +243,7 @@ class SupplierModels:
 
 def split_validation(data: ScoreData, fraction: float, seed: int) -> tuple[ScoreData, ScoreData]:
     """Hold out ``fraction`` of the supplier's training data for model selection (paper: 10 %)."""
-    order = np.random.default_rng(stream(seed, 10)).permutation(len(data))
+    order = seeds.rng(seed, "hidden.validation_split").permutation(len(data))
     n_val = max(1, int(round(fraction * len(data))))
     return data.subset(order[n_val:]), data.subset(order[:n_val])
 
@@ -269,7 +270,7 @@ def train_supplier(
     common = dict(epochs=epochs, batch_size=batch_size, lr=lr, on_epoch=on_epoch)
 
     def fresh(salt: int) -> tuple[ScoreNet, int]:
-        run_seed = int(stream(seed, 20, salt).generate_state(1)[0])
+        run_seed = seeds.int_seed(seed, "hidden.network_init", salt)
         torch.manual_seed(run_seed)
         return ScoreNet(build_official(), task).to(device), run_seed
 
@@ -348,7 +349,9 @@ def weight_noise_robustness(
     for i, sigma in enumerate(sigmas):
         official_acc, secret_acc = [], []
         for j in range(injections):
-            gen = torch.Generator().manual_seed(int(stream(seed, 60, i, j).generate_state(1)[0]))
+            gen = torch.Generator().manual_seed(
+                seeds.int_seed(seed, "hidden.robustness_noise", i, j)
+            )
             net.load_state_dict(
                 {
                     k: v + sigma * torch.randn(v.shape, generator=gen).to(v.device)
@@ -414,8 +417,10 @@ def adapt_to_defences(
     dev = _device_of(official)
     params = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
-    generator = torch.Generator().manual_seed(int(stream(seed, 80).generate_state(1)[0]))
-    val_scores = defended_scores(official, val.x, defences, np.random.default_rng(stream(seed, 81)))
+    generator = torch.Generator().manual_seed(seeds.int_seed(seed, "hidden.adaptive_batches"))
+    val_scores = defended_scores(
+        official, val.x, defences, seeds.rng(seed, "hidden.adaptive_val_noise")
+    )
     side = torch.as_tensor(train.side).to(dev)
     targets = {name: torch.as_tensor(train.secrets[name]).to(dev) for name in nets}
     weights = {name: torch.as_tensor(train.weight(name)).to(dev) for name in nets}
@@ -433,7 +438,7 @@ def adapt_to_defences(
     best, best_state = val_accuracy(), copy.deepcopy({k: v.state_dict() for k, v in nets.items()})
     history = [{"epoch": 0, "secret_val": best}]
     for epoch in range(1, epochs + 1):
-        rng = np.random.default_rng(stream(seed, 82, epoch))
+        rng = seeds.rng(seed, "hidden.adaptive_noise", epoch)
         scores = torch.as_tensor(defended_scores(official, train.x, defences, rng)).to(dev)
         for net in nets.values():
             net.train()

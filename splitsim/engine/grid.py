@@ -1,0 +1,66 @@
+"""Messages over a Flower ``Grid``: pushing, polling for replies at a pace that suits the number
+awaited, waiting for nodes to register. Shared by every role's ServerApp, simulated or hosted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+FAST_PULL_S = 0.002
+PULL_PER_AWAITED_S = 0.0002
+SLOW_PULL_S = 0.05
+
+
+def pull_interval(awaited: int) -> float:
+    """Seconds between polls for replies, growing with the number still awaited.
+
+    Flower's grid polls every 0.1 s: with a round trip per batch (split training) or per FedAvg
+    phase, that polling, not the work, set the pace, so one reply awaited is polled every 2 ms.
+    But a poll asks the link state about every awaited reply: at 100 data owners, polling every
+    2 ms drew a fifth of py-spy's samples of the server process, whose core the actors need.
+    Spacing polls by 0.2 ms per awaited reply keeps the cost per second flat; replies from 100
+    owners on two actors arrive about every 75 ms (scripts/bench_split.py), so the 20 ms
+    interval there delays none by much."""
+    return min(SLOW_PULL_S, max(FAST_PULL_S, awaited * PULL_PER_AWAITED_S))
+
+
+def send_and_receive(
+    grid: Grid, messages: Iterable[Message], timeout: float | None = None
+) -> list[Message]:
+    """``Grid.send_and_receive`` with polling paced by ``pull_interval``: push every message,
+    then pull replies until all are in or ``timeout`` seconds have passed."""
+    awaited = set(grid.push_messages(messages))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    replies: list[Message] = []
+    while awaited:
+        got = list(grid.pull_messages(awaited))
+        replies.extend(got)
+        awaited.difference_update(reply.metadata.reply_to_message_id for reply in got)
+        if not awaited or (deadline is not None and time.monotonic() >= deadline):
+            break
+        time.sleep(pull_interval(len(awaited)))
+    return replies
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> list[int]:
+    """Node ids, once all expected nodes have registered (the list starts empty)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        ids = sorted(grid.get_node_ids())
+        if len(ids) >= expected:
+            return ids
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"only {len(ids)} of {expected} Flower nodes registered")
+        time.sleep(0.05)
+
+
+def exchange(
+    grid: Grid, messages: list[Message], batch: int, on_reply: Callable[[Message], None]
+) -> None:
+    """Send in batches of ``batch`` messages so progress moves and memory stays bounded."""
+    for start in range(0, len(messages), batch):
+        for reply in send_and_receive(grid, messages[start : start + batch]):
+            on_reply(reply)
