@@ -1,4 +1,5 @@
-"""``python -m splitsim run|compare|list|fetch``: one scenario file, one command, one folder."""
+"""``python -m splitsim run|attack|compare|list|fetch``: one scenario file, one command, one
+folder."""
 
 from __future__ import annotations
 
@@ -27,6 +28,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--out", default=None, help="folder for runs (default: the scenario's output_dir)"
+    )
+    attack = sub.add_parser(
+        "attack",
+        help="attack a finished run again from what it recorded as received (no Flower run)",
+    )
+    attack.add_argument("folder", help="a finished run folder, runs/<scenario>/<timestamp>/")
+    attack.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change an attacker setting, e.g. --set role.decoder=deep",
     )
     compare = sub.add_parser(
         "compare", help="run a defence x attacker-role matrix; resumes where it stopped"
@@ -117,6 +131,11 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "compare":
             return cmd_compare(args, console)
+        if args.command == "attack":
+            from splitsim.execute import attack_recorded
+
+            attack_recorded(args.folder, args.overrides, console)
+            return EXIT_OK
         return cmd_run(args, console)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,38 +1,105 @@
 """One scenario, start to finish, into its run folder: what ``python -m splitsim run`` does, and
-what the Flower App's ServerApp does when Flower's deployment engine (or ``flwr run``) hosts it."""
+what the Flower App's ServerApp does when Flower's deployment engine (or ``flwr run``) hosts it.
+``attack_recorded`` is ``python -m splitsim attack``: the attack and evaluation phases again, on
+what a finished run recorded as received."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 
-from splitsim.scenario import Scenario
+from splitsim import reporting
+from splitsim.errors import ScenarioError
+from splitsim.registry import ROLES
+from splitsim.roles.base import Evaluation, Role
+from splitsim.runs import Run, open_run, versions
+from splitsim.scenario import Scenario, apply_override, validate
 
 
 def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = None) -> Path:
     """Run ``scenario``; returns the finished run folder (a failure leaves ``<stamp>.failed``)."""
-    from splitsim import reporting
-    from splitsim.registry import ROLES
-    from splitsim.runs import open_run, versions
-
     started = time.perf_counter()
-    role = ROLES.get(scenario.role.name)
+    role_cls: type[Role] = ROLES.get(scenario.role.name)
     console.print(f"[bold]{scenario.name}[/bold]: role {scenario.role.name}, seed {scenario.seed}")
     with open_run(scenario, console, Path(out) if out else None) as run:
-        outcome = role.run(scenario, run)
-        results = {
-            "scenario": scenario.name,
-            "role": scenario.role.name,
-            "seed": scenario.seed,
-            "defences": [spec.model_dump() for spec in scenario.defences],
-            "tasks": scenario.tasks.model_dump() if scenario.tasks else None,
-            "metrics": outcome["metrics"],
-            "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
-            "versions": versions(),
-        }
-        reporting.write(run.folder, scenario.name, results, outcome["plots"], role)
-    console.print(role.report.console_table(results["metrics"]))
+        evaluation = role_cls(scenario, run).execute()
+        _finish(run, scenario, role_cls, evaluation, started)
+    console.print(role_cls.report.console_table(evaluation.metrics))
     console.print(f"run folder: [bold]{run.folder}[/bold]")
+    return run.folder
+
+
+def _finish(
+    run: Run,
+    scenario: Scenario,
+    role_cls: type[Role],
+    evaluation: Evaluation,
+    started: float,
+    extra: dict | None = None,
+) -> None:
+    results = {
+        "scenario": scenario.name,
+        "role": scenario.role.name,
+        "seed": scenario.seed,
+        "defences": [spec.model_dump() for spec in scenario.defences],
+        "tasks": scenario.tasks.model_dump() if scenario.tasks else None,
+        "metrics": evaluation.metrics,
+        "timing_s": {**run.timings, "total": round(time.perf_counter() - started, 3)},
+        "versions": versions(),
+        **(extra or {}),
+    }
+    reporting.write(run.folder, scenario.name, results, evaluation.plots, role_cls)
+
+
+def recorded_scenario(folder: Path, overrides: list[str]) -> Scenario:
+    """The scenario a finished run folder recorded, with attacker-only ``overrides``: a
+    re-attack may change only the role fields the attack and evaluation read."""
+    source = str(folder / "scenario.yaml")
+    if not folder.is_dir():
+        raise ScenarioError(str(folder), "", "no such run folder")
+    for name in ("scenario.yaml", "results.json", "received.json", "received.npz"):
+        if not (folder / name).is_file():
+            raise ScenarioError(
+                str(folder), "", f"not a finished run folder with what it received (no {name})"
+            )
+    data = yaml.safe_load((folder / "scenario.yaml").read_text()) or {}
+    data.pop("versions", None)
+    recorded = validate(dict(data), source)
+    role_cls: type[Role] = ROLES.get(recorded.role.name)
+    allowed = sorted(role_cls.attack_params_for(recorded))
+    for expr in overrides:
+        key = expr.partition("=")[0].strip()
+        field = key.removeprefix("role.").split(".")[0]
+        if not key.startswith("role.") or field not in allowed:
+            raise ScenarioError(
+                source,
+                key,
+                "a re-attack changes only what the attacker does with the recorded traffic; "
+                f"allowed: {', '.join(f'role.{a}' for a in allowed) or 'nothing for this role'}",
+            )
+        apply_override(data, expr, source)
+    return validate(data, source)
+
+
+def attack_recorded(folder: str | Path, overrides: list[str], console: Console) -> Path:
+    """Attack and evaluate again from ``folder``'s recorded Received, without Flower; the new
+    results go to ``<folder>/attacks/<timestamp>/``. Returns that folder."""
+    folder = Path(folder).resolve()
+    scenario = recorded_scenario(folder, overrides)
+    role_cls: type[Role] = ROLES.get(scenario.role.name)
+    received = role_cls.received_type.load(folder)
+    started = time.perf_counter()
+    console.print(
+        f"[bold]{scenario.name}[/bold]: re-attack of {folder} (role {scenario.role.name}"
+        + (f"; {', '.join(overrides)}" if overrides else "")
+        + ")"
+    )
+    with open_run(scenario, console, root=folder / "attacks") as run:
+        evaluation = role_cls(scenario, run).reattack(received)
+        _finish(run, scenario, role_cls, evaluation, started, {"attack_of": str(folder)})
+    console.print(role_cls.report.console_table(evaluation.metrics))
+    console.print(f"attack folder: [bold]{run.folder}[/bold]")
     return run.folder

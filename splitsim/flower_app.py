@@ -6,11 +6,17 @@ Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config
 
 - ``scenario``: the scenario YAML; a relative path is looked up from the working directory,
   then from the folder holding the ``splitsim`` package (the app's root in a FAB);
+- ``scenario-yaml``: the resolved scenario itself, as YAML text (what ``engine.mode:
+  deployment`` sends); it takes the place of ``scenario`` and ``set``;
 - ``set``: overrides, ``key=value`` separated by ``;`` (``--set`` of the CLI);
-- ``out``: the runs folder (default: the scenario's ``output_dir``);
-- ``job-dir``: where the ServerApp publishes ClientApps for the SuperNodes (engine/hosting.py);
+- ``out``: the runs folder (default: the scenario's output_dir);
 - ``result-file``: if set, the ServerApp writes ``{"folder": ...}`` or ``{"error": ...}``
   there when it ends (how ``engine.mode: deployment`` learns the outcome).
+
+Both sides build what they run from the package code and that scenario: the ServerApp runs the
+harness, and the ClientApp on every SuperNode builds the role's own ClientApp
+(``Role.client_app``), keeping the node's state in its own temp folder. Nothing else passes
+between them but Flower messages.
 
 Every SuperNode needs ``--node-config 'partition-id=<i> num-partitions=<n>'`` as Flower's
 simulation gives its nodes: the partition is which data owner the node is.
@@ -18,9 +24,10 @@ simulation gives its nodes: the partition is which data owner the node is.
 
 from __future__ import annotations
 
-import shutil
+import tempfile
 from pathlib import Path
 
+import yaml
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
@@ -29,6 +36,7 @@ from rich.console import Console
 import splitsim
 from splitsim.engine import hosting
 from splitsim.errors import ScenarioError
+from splitsim.scenario import Scenario
 
 server = ServerApp()
 
@@ -45,24 +53,30 @@ def overrides(text: str) -> list[str]:
     return [part.strip() for part in text.split(";") if part.strip()]
 
 
+def run_config_scenario(config: dict) -> Scenario:
+    """The scenario a Flower run carries: resolved YAML text, or a file with overrides."""
+    from splitsim.scenario import load_scenario, validate
+
+    text = str(config.get("scenario-yaml", "") or "")
+    if text:
+        return validate(yaml.safe_load(text), "run config scenario-yaml")
+    return load_scenario(
+        scenario_path(str(config["scenario"])), overrides(str(config.get("set", "")))
+    )
+
+
 @server.main()
 def main(grid: Grid, context: Context) -> None:
     from splitsim.execute import run_scenario
     from splitsim.runs import write_json
-    from splitsim.scenario import load_scenario
 
     config = context.run_config
     result_file = str(config.get("result-file", "") or "")
     outcome: dict[str, str] = {}
     try:
-        scenario = load_scenario(
-            scenario_path(str(config["scenario"])), overrides(str(config.get("set", "")))
-        )
-        with hosting.hosted(grid, context) as host:
-            try:
-                folder = run_scenario(scenario, Console(), str(config.get("out", "")) or None)
-            finally:
-                shutil.rmtree(host.folder, ignore_errors=True)
+        scenario = run_config_scenario(dict(config))
+        with hosting.hosted(grid, context):
+            folder = run_scenario(scenario, Console(), str(config.get("out", "")) or None)
         outcome = {"folder": str(folder.resolve())}
     except BaseException as err:
         bad_input = isinstance(err, ScenarioError)  # the CLI's one-line form
@@ -73,8 +87,19 @@ def main(grid: Grid, context: Context) -> None:
             write_json(Path(result_file), outcome)
 
 
-class PublishedClientApp(ClientApp):
-    """Hands every message to the ClientApp the ServerApp published for the current phase."""
+_built: dict[int, ClientApp] = {}
+
+
+def node_storage(context: Context) -> str:
+    """This node's own folder for the run: in its temp folder, on its own machine."""
+    pid = int(context.node_config["partition-id"])
+    folder = Path(tempfile.gettempdir()) / f"splitsim-node-{context.run_id}-{pid}"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
+
+
+class RoleClientApp(ClientApp):
+    """Builds the scenario's role's ClientApp on this SuperNode and hands it every message."""
 
     def __call__(self, message: Message, context: Context) -> Message:
         if "partition-id" not in context.node_config:
@@ -82,7 +107,14 @@ class PublishedClientApp(ClientApp):
                 "this SuperNode has no partition-id: start it with "
                 "--node-config 'partition-id=<i> num-partitions=<n>'"
             )
-        return hosting.published_client(context)(message, context)
+        app = _built.get(context.run_id)
+        if app is None:
+            from splitsim.registry import ROLES
+
+            scenario = run_config_scenario(dict(context.run_config))
+            role = ROLES.get(scenario.role.name)
+            app = _built[context.run_id] = role.client_app(scenario, node_storage(context))
+        return app(message, context)
 
 
-client = PublishedClientApp()
+client = RoleClientApp()

@@ -104,8 +104,11 @@ def _stamp() -> str:
 
 
 @contextmanager
-def open_run(scenario: Scenario, console: Console, base: Path | None = None) -> Iterator[Run]:
-    root = Path(base or scenario.output_dir) / scenario.name
+def open_run(
+    scenario: Scenario, console: Console, base: Path | None = None, root: Path | None = None
+) -> Iterator[Run]:
+    """Stage a run folder in ``<base or output_dir>/<scenario name>/``, or in ``root``."""
+    root = root if root is not None else Path(base or scenario.output_dir) / scenario.name
     root.mkdir(parents=True, exist_ok=True)
     stamp = _stamp()
     suffix = 0

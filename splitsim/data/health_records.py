@@ -237,6 +237,11 @@ class CovidHealthRecords:
         side_fields=("region",),
     )
 
+    @staticmethod
+    def input_shape(params: object) -> tuple[int, ...]:
+        """What a phone's network reads: the standardised record and the one-hot region."""
+        return (len(FEATURES) + REGIONS,)
+
     @classmethod
     def describe(cls, params: Params, tasks: object | None) -> DatasetSpec:
         if tasks is not None:

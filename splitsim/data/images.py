@@ -72,6 +72,11 @@ class ImageDataset:
     Params = ImageParams
     classes: ClassVar[tuple[str, ...]]
     key: ClassVar[str]
+    shape: ClassVar[tuple[int, ...]] = (1, 28, 28)
+
+    @classmethod
+    def input_shape(cls, params: ImageParams) -> tuple[int, ...]:
+        return cls.shape
 
     @classmethod
     def describe(cls, params: ImageParams, task_cfg: Any) -> DatasetSpec:
@@ -190,6 +195,7 @@ class CIFAR10(ImageDataset):
 
     classes = CIFAR_CLASSES
     key = "cifar10"
+    shape = (3, 32, 32)
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:

@@ -62,9 +62,24 @@ class MNIST(ImageDataset):
     def classifier_train(self) -> tuple[np.ndarray, np.ndarray]:
         """The split classifier's training images: the paper's first 40,000 (or train_limit)."""
         x, y = self.images(train=True)
-        end = CLASSIFIER[1] if self.params.train_limit is None else self.params.train_limit
-        end = min(end, CLASSIFIER[1])
+        end = self._classifier_end()
         return x[:end], y[:end]
+
+    def _classifier_end(self) -> int:
+        end = CLASSIFIER[1] if self.params.train_limit is None else self.params.train_limit
+        return min(end, CLASSIFIER[1])
+
+    def classifier_labels(self) -> np.ndarray:
+        """The labels of the split classifier's training images, keyed by image id: what the
+        computational server of papers/003 holds (it never sees the images)."""
+        from torchvision import datasets
+        from torchvision.datasets.mnist import read_label_file
+
+        if self.params.download:
+            datasets.MNIST(self.params.root, train=True, download=True)
+        path = Path(self.params.root) / "MNIST" / "raw" / "train-labels-idx1-ubyte"
+        labels = read_label_file(str(path)).numpy().astype(np.int64)
+        return labels[: self._classifier_end()]
 
     def reference_train(self) -> tuple[np.ndarray, np.ndarray]:
         x, y = self.images(train=True)

@@ -1,11 +1,14 @@
 """``engine.mode: deployment``: the scenario under Flower's deployment engine on loopback.
 
 One ``flower-superlink`` and one ``flower-supernode`` per Flower node of the role, each its own
-process, then ``flwr run`` submits the package's Flower App (splitsim/flower_app.py) with the
-resolved scenario as its run config. The SuperLink starts the ServerApp process, which runs the
-whole scenario into the run folder; SuperNodes start a ClientApp process per message, as
-Flower's deployment engine does. Processes and the Flower home live in a temporary folder that
-is removed afterwards unless the run failed (its logs are named then).
+process in its own working directory and temp folder, then ``flwr run`` submits the package's
+Flower App (splitsim/flower_app.py) with the resolved scenario in its run config. Each SuperNode
+builds the role's ClientApp from the package code and that scenario; nothing written by the
+server reaches a data owner but Flower messages. The SuperLink starts the ServerApp process,
+which runs the whole scenario into the run folder; SuperNodes start a ClientApp process per
+message, as Flower's deployment engine does. Processes, the nodes' folders and the Flower home
+live in a temporary folder that is removed afterwards unless the run failed (its logs are named
+then).
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ clientapp = "splitsim.flower_app:client"
 
 [tool.flwr.app.config]
 scenario = ""
+scenario-yaml = ""
 set = ""
 out = ""
-job-dir = ""
 result-file = ""
 """
 
@@ -100,11 +103,13 @@ def loopback(nodes: int, work: Path, threads: int) -> Iterator[dict[str, str]]:
     port = free_port()
     processes: list[subprocess.Popen] = []
 
-    def start(name: str, args: list[str], extra: dict[str, str] | None = None) -> subprocess.Popen:
+    def start(
+        name: str, args: list[str], extra: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> subprocess.Popen:
         log = work / f"{name}.log"
         handle = log.open("w")
         process = subprocess.Popen(
-            args, env={**env, **(extra or {})}, stdout=handle, stderr=subprocess.STDOUT
+            args, env={**env, **(extra or {})}, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd
         )
         processes.append(process)
         return process
@@ -118,11 +123,16 @@ def loopback(nodes: int, work: Path, threads: int) -> Iterator[dict[str, str]]:
         _wait_for_port(port, link, work / "superlink.log")
         for pid in range(nodes):
             node_port = free_port()
+            # Each data owner's machine: its own working directory and temp folder, nothing
+            # in common with the SuperLink or the other owners.
+            home = work / f"node-{pid}"
+            (home / "tmp").mkdir(parents=True, exist_ok=True)
             node = start(f"supernode-{pid}", [
                 flower_tool("flower-supernode"), "--insecure",
                 "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
                 "--node-config", f"partition-id={pid} num-partitions={nodes}",
-            ], {"OMP_NUM_THREADS": str(threads)})  # fmt: skip
+            ], {"OMP_NUM_THREADS": str(threads), "TMPDIR": str(home / "tmp")},
+                cwd=home)  # fmt: skip
             _wait_for_port(node_port, node, work / f"supernode-{pid}.log")
         (Path(env["FLWR_HOME"]) / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
@@ -156,6 +166,16 @@ def wait_for_file(path: Path, seconds: float = 30.0) -> bool:
     return path.exists()
 
 
+def portable(scenario: Scenario) -> dict:
+    """The resolved scenario with a relative dataset root made absolute: the SuperNodes run
+    in folders of their own, and find the owners' files where this machine has them."""
+    data = scenario.resolved()
+    root = data.get("dataset", {}).get("root")
+    if isinstance(root, str):
+        data["dataset"]["root"] = str(Path(root).resolve())
+    return data
+
+
 def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
     """Run ``scenario`` on a loopback SuperLink and SuperNodes; True when its run folder is
     complete. The ServerApp process prints the progress and the closing table."""
@@ -164,13 +184,12 @@ def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
     app = work / "app"
     app.mkdir()
     (app / "pyproject.toml").write_text(APP_TOML)
-    scenario_file = work / "scenario.yaml"
-    scenario_file.write_text(yaml.safe_dump(scenario.resolved(), sort_keys=False))
     result_file = work / "result.json"
     config = {
-        "scenario": str(scenario_file),
+        # The resolved scenario itself travels in the run config: the ServerApp and every
+        # SuperNode's ClientApp are built from it, with no file or folder in common.
+        "scenario-yaml": yaml.safe_dump(portable(scenario), sort_keys=False),
         "out": str(Path(out or scenario.output_dir).resolve()),
-        "job-dir": str(work / "jobs"),
         "result-file": str(result_file),
     }
     console.print(

@@ -80,6 +80,22 @@ class LoggedGrid:
                 )
         return got
 
+    def report(self, partition: int, experiment: int, rnd: int) -> dict[str, np.ndarray]:
+        """Ask one participant, by partition, for its report; its arrays."""
+        node = next((n for n, p in self._partition.items() if p == partition), None)
+        if node is None:
+            raise RuntimeError(f"participant {partition} never answered: no report to ask for")
+        config = ConfigRecord({"phase": "report", "experiment": experiment, "server-round": rnd})
+        msg = Message(RecordDict({"config": config}), dst_node_id=node, message_type="query")
+        phase = self._prefix + "report"
+        self._wire.to_node(rnd, phase, node, msg.content)
+        replies = send_and_receive(self._grid, [msg])
+        if not replies or replies[0].has_error():
+            reason = replies[0].error.reason if replies else "no reply"
+            raise RuntimeError(f"participant {partition} did not report: {reason}")
+        self._wire.from_node(rnd, phase, replies[0])
+        return record_to_arrays(replies[0].content["report"])
+
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
@@ -155,11 +171,13 @@ class OrderedFedAvg(FedAvg):
 
 @dataclass
 class FederatedOutcome:
-    """What the honest server ended with (the harness reads it after the simulation)."""
+    """What the honest server ended with (the harness reads it after the simulation), and the
+    report the harness asked one participant for after the last round."""
 
     weights: dict[str, np.ndarray] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    report: dict[str, np.ndarray] = field(default_factory=dict)
     error: BaseException | None = None
 
 
@@ -173,7 +191,12 @@ def server_app(
     on_round: Callable[[int, str], None],
     engine: Engine,
     phase_prefix: str = "",
+    experiment: int = 0,
+    report_from: int | None = None,
 ) -> ServerApp:
+    """FedAvg for ``rounds``; every message's config carries ``experiment``. With
+    ``report_from`` (a partition), the harness then asks that participant for its ``report``
+    (a ``query`` message, wire-logged as phase ``<prefix>report``)."""
     app = ServerApp()
 
     @app.main()
@@ -200,11 +223,13 @@ def server_app(
                 timeout=engine.client_timeout_s or 3600.0,
                 initial_arrays=arrays_to_record(initial),
                 num_rounds=rounds,
-                train_config=ConfigRecord({"phase": "train"}),
-                evaluate_config=ConfigRecord({"phase": "evaluate"}),
+                train_config=ConfigRecord({"phase": "train", "experiment": experiment}),
+                evaluate_config=ConfigRecord({"phase": "evaluate", "experiment": experiment}),
                 evaluate_fn=central,
             )
             outcome.weights = record_to_arrays(result.arrays)
+            if report_from is not None:
+                outcome.report = logged.report(report_from, experiment, rounds + 1)
         except BaseException as err:  # surfaced by the caller: Flower would only log it
             outcome.error = err
             raise
@@ -212,7 +237,8 @@ def server_app(
     return app
 
 
-Handler = Callable[[int, int, dict[str, np.ndarray]], tuple[dict[str, np.ndarray], dict]]
+Handler = Callable[[int, int, dict[str, np.ndarray], dict], tuple[dict[str, np.ndarray], dict]]
+Reporter = Callable[[dict], dict[str, np.ndarray]]
 
 
 def client_app(
@@ -220,19 +246,22 @@ def client_app(
     evaluate: Handler,
     faults: list[Fault] | None = None,
     storage: str | None = None,
+    report: Reporter | None = None,
 ) -> ClientApp:
-    """``train(partition, round, global_weights) -> (weights, metrics)`` and the same for
-    ``evaluate`` (weights ignored); ``metrics`` must hold ``num-examples``. ``faults`` make
-    chosen participants fail on chosen rounds (scenario ``engine.faults``), their tries
-    counted in the participants' ``storage``."""
+    """``train(partition, round, global_weights, config) -> (weights, metrics)`` and the same
+    for ``evaluate`` (weights ignored); ``metrics`` must hold ``num-examples``. ``report(config)
+    -> arrays`` answers the harness's ``report`` query. ``faults`` make chosen participants
+    fail on chosen rounds (scenario ``engine.faults``), their tries counted in the
+    participants' ``storage``."""
     app = ClientApp()
 
     def reply(msg: Message, handler: Handler, with_arrays: bool, context: Context) -> Message:
         pid = int(context.node_config["partition-id"])
-        rnd = int(msg.content["config"]["server-round"])
+        config = dict(msg.content["config"])
+        rnd = int(config["server-round"])
         if faults:
             _maybe_fail(faults, pid, rnd, msg.metadata.message_type, Path(storage or "."))
-        weights, metrics = handler(pid, rnd, record_to_arrays(msg.content["arrays"]))
+        weights, metrics = handler(pid, rnd, record_to_arrays(msg.content["arrays"]), config)
         content = RecordDict({"metrics": MetricRecord({**metrics, "partition": pid})})
         if with_arrays:
             content["arrays"] = arrays_to_record(weights)
@@ -245,6 +274,14 @@ def client_app(
     @app.evaluate()
     def on_evaluate(msg: Message, context: Context) -> Message:
         return reply(msg, evaluate, False, context)
+
+    @app.query()
+    def on_query(msg: Message, context: Context) -> Message:
+        config = dict(msg.content["config"])
+        if config.get("phase") != "report" or report is None:
+            raise ValueError(f"unknown query {config.get('phase')!r}")
+        content = RecordDict({"report": arrays_to_record(report(config))})
+        return Message(content, reply_to=msg)
 
     return app
 

@@ -3,55 +3,34 @@
 
 The harness runs inside the SuperLink's ServerApp process. Each Flower phase of a role (a
 ``simulate(server_app, client_app, ...)`` call) then runs the role's own ServerApp on the grid
-Flower handed us, after publishing the role's own ClientApp for the SuperNodes: cloudpickled to
-``<job dir>/client-<k>.pkl`` with a ``current`` pointer written after it, both atomically.
-The package's ClientApp component (``splitsim.flower_app:client``) loads the current one and
-delegates every message to it, so the ServerApp and ClientApps are the very objects the
-simulation runs; only the transport changes.
-
-The job directory must be one filesystem for the SuperLink and every SuperNode (true on
-loopback; a shared mount across machines), like the split-learning node-state files.
+Flower handed us. The ClientApps are not sent: every SuperNode builds the role's ClientApp
+itself, from the package code and the resolved scenario in the run config
+(``splitsim.flower_app:client``), the way Flower Apps work. So no code or pickle written by the
+server side reaches a data owner, and the SuperNodes share no folder with the SuperLink.
 """
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
-import cloudpickle
 from flwr.app import Context
-from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from splitsim.engine.grid import wait_for_nodes
-from splitsim.runs import write_atomic
 
 NODE_WAIT_S = 120.0
-
-
-def job_dir(context: Context) -> Path:
-    """Where this Flower run's ClientApps are published: ``job-dir`` from the run config, else
-    a per-run folder in the system temp folder (SuperLink and SuperNodes on one machine)."""
-    base = str(context.run_config.get("job-dir", "") or "")
-    root = Path(base) if base else Path(tempfile.gettempdir()) / "splitsim-flower"
-    return root / str(context.run_id)
 
 
 @dataclass
 class Hosted:
     grid: Grid
     context: Context
-    folder: Path
     phase: int = 0
 
-    def serve(self, server_app: ServerApp, client_app: ClientApp, nodes: int) -> None:
+    def serve(self, server_app: ServerApp, nodes: int) -> None:
         self.phase += 1
-        self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(self.folder / f"client-{self.phase}.pkl", cloudpickle.dumps(client_app))
-        write_atomic(self.folder / "current", str(self.phase))
         self._wait_for(nodes)
         server_app(self.grid, self.context)
 
@@ -80,29 +59,8 @@ def current() -> Hosted | None:
 def hosted(grid: Grid, context: Context) -> Iterator[Hosted]:
     """Within this block every ``simulate`` call runs on ``grid`` instead of a Ray simulation."""
     global _hosted
-    _hosted = Hosted(grid, context, job_dir(context))
+    _hosted = Hosted(grid, context)
     try:
         yield _hosted
     finally:
         _hosted = None
-
-
-_loaded: dict[Path, tuple[bytes, ClientApp]] = {}
-
-
-def published_client(context: Context) -> ClientApp:
-    """The ClientApp the ServerApp published for the phase under way (cached per process: a
-    Ray actor of ``flwr run``'s local simulation serves many messages)."""
-    folder = job_dir(context)
-    try:
-        phase = (folder / "current").read_bytes()
-    except FileNotFoundError:
-        raise RuntimeError(
-            f"no ClientApp published in {folder}: this SuperNode does not share the "
-            "SuperLink's job folder (run config 'job-dir')"
-        ) from None
-    cached = _loaded.get(folder)
-    if cached is None or cached[0] != phase:
-        app = cloudpickle.loads((folder / f"client-{phase.decode()}.pkl").read_bytes())
-        cached = _loaded[folder] = (phase, app)
-    return cached[1]

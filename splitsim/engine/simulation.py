@@ -46,7 +46,7 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
     from splitsim.engine import hosting
 
     if (host := hosting.current()) is not None:
-        host.serve(server_app, client_app, nodes)
+        host.serve(server_app, nodes)  # each SuperNode builds its own ClientApp
         return
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -39,18 +38,18 @@ from splitsim.engine.grid import exchange, wait_for_nodes
 from splitsim.engine.resources import client_device, release_cuda
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
+from splitsim.roles.base import ServerError, surfaced
 from splitsim.roles.hidden_learning.attack import ScoreNet
 from splitsim.scenario import Scenario, dataset_spec
 
 
 @dataclass
-class Received:
+class Collected(ServerError):
     """What reached the server, in partition order, plus what happened to each node."""
 
     partitions: list[int] = field(default_factory=list)
     payload: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     failures: list[dict[str, object]] = field(default_factory=list)
-    error: BaseException | None = None
 
     def stacked(self) -> dict[str, np.ndarray]:
         order = sorted(self.payload)
@@ -120,7 +119,7 @@ def server_app(
     scenario: Scenario,
     official_state: dict[str, torch.Tensor],
     wire: WireLog,
-    received: Received,
+    received: Collected,
     on_reply: Callable[[str], None],
 ) -> ServerApp:
     app = ServerApp()
@@ -162,20 +161,11 @@ def server_app(
         received.payload[int(reply.content["meta"]["partition"])] = arrays
 
     @app.main()
+    @surfaced(received)
     def main(grid: Grid, context: Context) -> None:
-        try:
-            ids = wait_for_nodes(grid, scenario.deployment.clients)
-            send(grid, ids, "install", 1, lambda reply: None)
-            send(grid, ids, "collect", 2, collect)
-            received.partitions = sorted(received.payload)
-        except BaseException as err:  # surfaced by the caller: Flower would only log it
-            received.error = err
-            raise
+        ids = wait_for_nodes(grid, scenario.deployment.clients)
+        send(grid, ids, "install", 1, lambda reply: None)
+        send(grid, ids, "collect", 2, collect)
+        received.partitions = sorted(received.payload)
 
     return app
-
-
-def save_received(received: Received, path: Path) -> dict[str, np.ndarray]:
-    stacked = received.stacked()
-    np.savez_compressed(path, **stacked)
-    return stacked

@@ -2,18 +2,21 @@
 
 Phases, in the order they run (papers/001, sections 1-2):
 
-1. supplier training: the supplier trains the official network N_o jointly with a secret
-   network N_s per secret (To-and-Ts), and the paper's baselines To-then-Ts and Ts-only;
-2. held-out regimes: Table 1 of the paper for this experiment, on the supplier's test records;
-3. deployment to clients: Flower ships N_o to every data owner (install), each runs it on its
-   users' private records and sends back only scores and region (collect);
-4. secret decoding: the supplier's server runs N_s on what it received;
-5. evaluation: the harness, which alone knows every user's truth, scores the decoding.
+1. deploy: the supplier trains the official network N_o jointly with a secret network N_s per
+   secret (To-and-Ts) and the paper's baselines To-then-Ts and Ts-only, scores them on its own
+   held-out records (Table 1) and, if asked, under weight noise (Table 2) or against the owners'
+   defences (adaptive). Flower then ships N_o to every data owner (install); each runs it on
+   its users' private records and sends back only scores and region (collect). What the
+   supplier holds then (its networks, what the owners sent) is ``HiddenReceived``;
+2. attack: the supplier's server runs N_s on what it received;
+3. truth: every user's official and secret labels, which only the harness knows;
+4. evaluate: the decoding against that truth.
 """
 
 from __future__ import annotations
 
-import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,30 +24,52 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.defences import build as build_defences
 from splitsim.engine.resources import resolve_device
-from splitsim.engine.simulation import simulate
-from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, majority_rate
-from splitsim.registry import DATASETS, MODELS, ROLES
+from splitsim.registry import DATASETS, MODELS
+from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
 from splitsim.roles.hidden_learning import report
 from splitsim.roles.hidden_learning.attack import (
     adapt_to_defences,
     official_quality,
     predict_scores,
+    predict_secret,
     regime_metrics,
     train_supplier,
     weight_noise_robustness,
 )
 from splitsim.roles.hidden_learning.protocol import (
-    Received,
+    Collected,
     client_app,
     official_network,
-    save_received,
     server_app,
 )
-from splitsim.runs import Run
 from splitsim.scenario import Scenario, dataset_spec
+
+
+@dataclass(kw_only=True)
+class HiddenReceived(Received):
+    """What the supplier holds after deployment: its own networks and Table 1/2 numbers on its
+    own records, and what the owners sent (scores and declared side fields, per user)."""
+
+    partitions: list[int]  # owners in the order their users are stacked
+    scores: np.ndarray
+    side: dict[str, np.ndarray]  # the dataset's declared side fields, as sent
+    partition: np.ndarray  # which owner sent each row
+    failures: list[dict[str, Any]]
+    networks: dict[str, np.ndarray]  # official_hidden/..., official_honest/..., secret/<s>/...
+    supplier: dict[str, Any]  # regimes, robustness, adaptation (the supplier's own records)
+
+
+@dataclass(kw_only=True)
+class HiddenOutput(AttackOutput):
+    decoded: dict[str, np.ndarray]  # secret -> decoded class per received row
+
+
+@dataclass(kw_only=True)
+class HiddenTruth(Truth):
+    official: np.ndarray
+    secrets: dict[str, np.ndarray]
 
 
 class Robustness(BaseModel):
@@ -53,8 +78,8 @@ class Robustness(BaseModel):
     injections: int = Field(10, ge=1, description="noise draws per sigma")
 
 
-@ROLES.register("hidden_learning")
-class HiddenLearningSupplier:
+@register("hidden_learning")
+class HiddenLearningSupplier(Role):
     """Malicious model supplier: ships N_o trained with a secret N_s that reads the scores."""
 
     class Params(BaseModel):
@@ -70,15 +95,15 @@ class HiddenLearningSupplier:
 
     stages = ("payload", "weights")
     gpu_clients = True  # engine.client_device: N_o's forward pass on the actor's GPU share
-
-    @staticmethod
-    def flower_nodes(scenario: Scenario) -> int:
-        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
-        return scenario.deployment.clients
-
     models = {"official": "health_mlp", "secret": "secret_mlp"}
     report = report
+    received_type = HiddenReceived
     adaptive_override = "role.adaptive=true"
+    attack_params = frozenset()  # N_s is trained before deployment: nothing to re-decide
+
+    @classmethod
+    def client_app(cls, scenario: Scenario, storage: str):  # noqa: ANN206
+        return client_app(scenario, _input_shape(scenario))
 
     @staticmethod
     def summary(metrics: dict) -> dict:
@@ -128,21 +153,17 @@ class HiddenLearningSupplier:
                     "the supplier trains alone, data owners never train here; allowed: false",
                 )
 
-    @staticmethod
-    def run(scenario: Scenario, run: Run) -> dict:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        dataset_cls = DATASETS.get(scenario.dataset.name)
-        dataset = dataset_cls(scenario.dataset.params, scenario.seed, scenario.tasks)
+    # -- 1. deploy: the supplier trains, then ships N_o and collects scores -------------
+
+    def deploy(self) -> HiddenReceived:
+        scenario, p, t = self.scenario, self.params, self.scenario.training
+        dataset = self._dataset()
         spec = dataset.spec
-        secrets = scenario.role.params.secrets or list(spec.secret_classes)
+        secrets = self._secrets()
         train, test = dataset.supplier_train(), dataset.supplier_test()
         input_shape = tuple(int(d) for d in train.x.shape[1:])
         secret_spec = scenario.models.secret
-        t = scenario.training
-        device = resolve_device(scenario.engine)
-
-        # 1. supplier training
-        with run.phase("supplier training", t.epochs * (2 + 2 * len(secrets))) as advance:
+        with self.run.phase("supplier training", t.epochs * (2 + 2 * len(secrets))) as advance:
             models = train_supplier(
                 train,
                 spec.official,
@@ -158,132 +179,169 @@ class HiddenLearningSupplier:
                 validation_fraction=t.validation_fraction,
                 seed=scenario.seed,
                 on_epoch=advance,
-                device=device,
+                device=resolve_device(scenario.engine),
             )
-        # 2. held-out regimes (the paper's Table 1 cells)
-        with run.phase("held-out regimes", 1):
+        # The paper's Table 1 cells, on the supplier's own held-out records.
+        with self.run.phase("held-out regimes", 1):
             regimes = regime_metrics(models, test, secrets)
         robustness = {}
-        noise = scenario.role.params.robustness
-        if noise.sigmas:
-            with run.phase("weight-noise robustness", len(secrets)) as advance:
+        if p.robustness.sigmas:
+            with self.run.phase("weight-noise robustness", len(secrets)) as advance:
                 for name in secrets:
                     robustness[name] = weight_noise_robustness(
-                        models, test, name, noise.sigmas, noise.injections, scenario.seed
-                    )
+                        models, test, name, p.robustness.sigmas, p.robustness.injections,
+                        scenario.seed,
+                    )  # fmt: skip
                     advance()
         adaptation: list[dict[str, float]] = []
         chosen = build_defences(scenario.defences)
-        if scenario.role.params.adaptive and chosen:
-            epochs = scenario.role.params.adaptive_epochs
-            with run.phase("adaptive supplier", epochs) as advance:
+        if p.adaptive and chosen:
+            with self.run.phase("adaptive supplier", p.adaptive_epochs) as advance:
                 adaptation = adapt_to_defences(
-                    models,
-                    train,
-                    chosen,
-                    epochs=epochs,
-                    batch_size=t.batch_size,
-                    lr=t.lr,
-                    validation_fraction=t.validation_fraction,
-                    seed=scenario.seed,
+                    models, train, chosen, epochs=p.adaptive_epochs, batch_size=t.batch_size,
+                    lr=t.lr, validation_fraction=t.validation_fraction, seed=scenario.seed,
                     on_epoch=advance,
-                )
+                )  # fmt: skip
+        networks = {
+            "official_hidden": models.hidden.official.state_dict(),
+            "official_honest": models.honest.official.state_dict(),
+            **{f"secret/{k}": v.state_dict() for k, v in models.hidden.secrets.items()},
+        }
         torch.save(
             {
-                "official_hidden": models.hidden.official.state_dict(),
-                "official_honest": models.honest.official.state_dict(),
+                "official_hidden": networks["official_hidden"],
+                "official_honest": networks["official_honest"],
                 "secret": {k: v.state_dict() for k, v in models.hidden.secrets.items()},
             },
-            run.folder / "models.pt",
+            self.run.folder / "models.pt",
         )
 
-        # 3. deployment to clients over Flower (install, then collect)
+        # Deployment to clients over Flower: install, then collect.
         clients = scenario.deployment.clients
-        wire = WireLog(run.folder / "wire.jsonl")
-        received = Received()
-        started = time.perf_counter()
+        collected = Collected()
         with (
-            run.phase("deployment to clients", clients, timed=False) as install,
-            run.phase("score collection", clients, timed=False) as collect,
+            self.run.phase("deployment to clients", clients, timed=False) as install,
+            self.run.phase("score collection", clients, timed=False) as collect,
         ):
             ticks = {"install": install, "collect": collect}
             server = server_app(
                 scenario,
                 {k: v.cpu() for k, v in models.hidden.official.state_dict().items()},
-                wire,
-                received,
+                self.wire,
+                collected,
                 lambda phase: ticks[phase](),
             )
-            try:
-                simulate(server, client_app(scenario, input_shape), clients, scenario.engine)
-            finally:
-                wire.close()
-            run.timings["flower simulation"] = round(time.perf_counter() - started, 3)
-            if received.error is not None:
-                raise RuntimeError(
-                    f"the Flower ServerApp failed: {received.error}"
-                ) from received.error
-        if received.failures:
-            first = received.failures[0]
+            self.flower(server, collected)
+        if collected.failures:
+            first = collected.failures[0]
             raise RuntimeError(
-                f"{len(received.failures)} client(s) failed, first: node {first['node']} "
+                f"{len(collected.failures)} client(s) failed, first: node {first['node']} "
                 f"in {first['phase']}: {str(first['error']).splitlines()[-1]}"
             )
-        seen = save_received(received, run.folder / "received.npz")
+        seen = collected.stacked()
+        return HiddenReceived(
+            partitions=collected.partitions,
+            scores=seen["scores"],
+            side={name: seen[name] for name in spec.side_fields},
+            partition=seen["partition"],
+            failures=collected.failures,
+            networks={
+                f"{net}/{k}": v.detach().cpu().numpy()
+                for net, state in networks.items()
+                for k, v in state.items()
+            },
+            supplier={"regimes": regimes, "robustness": robustness, "adaptation": adaptation},
+        )
 
-        # 4. secret decoding: the server's view only (scores and side fields)
-        with run.phase("secret decoding", len(secrets)) as advance:
-            side_raw = {name: seen[name] for name in spec.side_fields}
-            side = dataset_cls.side_features(side_raw, len(seen["scores"]))
-            decoded = {}
-            for name in secrets:
-                decoded[name] = models.decode(name, seen["scores"], side)
+    # -- 2. attack: the server decodes the secrets from what it received ---------------
+
+    def attack(self, received: HiddenReceived) -> HiddenOutput:
+        dataset_cls = DATASETS.get(self.scenario.dataset.name)
+        side = dataset_cls.side_features(received.side, len(received.scores))
+        decoded = {}
+        with self.run.phase("secret decoding", len(self._secrets())) as advance:
+            for name in self._secrets():
+                net = self._secret_network(name, received.scores.shape[1] + side.shape[1])
+                net.load_state_dict(_state(received.networks, f"secret/{name}"))
+                decoded[name] = predict_secret(net, received.scores, side)
                 advance()
+        return HiddenOutput(decoded=decoded)
 
-        # 5. evaluation against the truth only the harness knows
-        with run.phase("evaluation", 1):
-            truth = [
-                dataset.partition(p, clients, scenario.deployment.users)
-                for p in received.partitions
-            ]
-            official_truth = np.concatenate([u.official for u in truth])
+    # -- 3. truth: every user's labels, known to the harness alone ---------------------
+
+    def truth(self, received: HiddenReceived) -> HiddenTruth:
+        dataset = self._dataset()
+        clients, users = self.scenario.deployment.clients, self.scenario.deployment.users
+        parts = [dataset.partition(p, clients, users) for p in received.partitions]
+        return HiddenTruth(
+            official=np.concatenate([u.official for u in parts]),
+            secrets={
+                name: np.concatenate([u.secrets[name] for u in parts]) for name in self._secrets()
+            },
+        )
+
+    # -- 4. evaluate -------------------------------------------------------------------
+
+    def evaluate(
+        self, received: HiddenReceived, truth: HiddenTruth, output: HiddenOutput
+    ) -> Evaluation:
+        dataset = self._dataset()
+        spec = dataset.spec
+        with self.run.phase("evaluation", 1):
             deployed = {
-                "clients": clients,
-                "users": int(len(seen["scores"])),
-                "official": official_quality(seen["scores"], official_truth, spec.official),
-                "official_chance": _official_chance(official_truth),
-                "secrets": {},
+                "clients": self.scenario.deployment.clients,
+                "users": int(len(received.scores)),
+                "official": official_quality(received.scores, truth.official, spec.official),
+                "official_chance": _official_chance(truth.official),
+                "secrets": {
+                    name: {
+                        "accuracy": accuracy(output.decoded[name], y),
+                        "chance": majority_rate(y),
+                    }
+                    for name, y in truth.secrets.items()
+                },
                 "failures": received.failures,
             }
-            for name in secrets:
-                y = np.concatenate([u.secrets[name] for u in truth])
-                deployed["secrets"][name] = {
-                    "accuracy": accuracy(decoded[name], y),
-                    "chance": majority_rate(y),
-                }
-        client_records = wire_records(run.folder / "wire.jsonl")
-        honest_scores = predict_scores(models.honest.official, test.x)
-        hidden_scores = predict_scores(models.hidden.official, test.x)
-        return {
-            "metrics": {
-                "regimes": regimes,
-                "robustness": robustness,
-                "adaptation": adaptation,
-                "deployment": deployed,
-                "wire": {
-                    "messages": wire.messages,
-                    "bytes_to_clients": wire.bytes["to_clients"],
-                    "bytes_from_clients": wire.bytes["from_clients"],
-                    "client_records": client_records,
-                },
-            },
-            "plots": {
-                "test_scores": {"honest": honest_scores, "hidden": hidden_scores},
-                "test_secrets": {name: test.secrets[name] for name in secrets},
-                "secret_names": {name: list(spec.secret_classes[name]) for name in secrets},
-                "official_names": list(spec.official.names),
-            },
+        test = dataset.supplier_test()
+        input_shape = _input_shape(self.scenario)
+        scores = {}
+        for which in ("honest", "hidden"):
+            net = official_network(self.scenario, input_shape)
+            net.load_state_dict(_state(received.networks, f"official_{which}"))
+            scores[which] = predict_scores(net, test.x)
+        metrics = {**received.supplier, "deployment": deployed, "wire": received.wire}
+        plots = {
+            "test_scores": scores,
+            "test_secrets": {name: test.secrets[name] for name in self._secrets()},
+            "secret_names": {name: list(spec.secret_classes[name]) for name in self._secrets()},
+            "official_names": list(spec.official.names),
         }
+        return Evaluation(metrics, plots)
+
+    def _dataset(self) -> Any:
+        cls = DATASETS.get(self.scenario.dataset.name)
+        return cls(self.scenario.dataset.params, self.scenario.seed, self.scenario.tasks)
+
+    def _secrets(self) -> list[str]:
+        return self.params.secrets or list(dataset_spec(self.scenario).secret_classes)
+
+    def _secret_network(self, name: str, n_in: int) -> torch.nn.Module:
+        spec = self.scenario.models.secret
+        n_out = len(dataset_spec(self.scenario).secret_classes[name])
+        return MODELS.get(spec.name).build(spec.params, (n_in,), n_out)
+
+
+def _state(networks: dict[str, np.ndarray], prefix: str) -> dict[str, torch.Tensor]:
+    return {
+        k.removeprefix(f"{prefix}/"): torch.from_numpy(v)
+        for k, v in networks.items()
+        if k.startswith(f"{prefix}/")
+    }
+
+
+def _input_shape(scenario: Scenario) -> tuple[int, ...]:
+    """The official network's input shape, from the dataset's own description."""
+    return tuple(DATASETS.get(scenario.dataset.name).input_shape(scenario.dataset.params))
 
 
 def _official_chance(y: np.ndarray) -> float:

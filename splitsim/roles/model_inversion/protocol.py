@@ -36,13 +36,14 @@ from torch import nn
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
-from splitsim.data.score_data import partition_sizes
+from splitsim.data.partitions import test_partition, train_partition
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.grid import send_and_receive, wait_for_nodes
 from splitsim.engine.node_state import open_state
 from splitsim.engine.resources import resolve_device
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
+from splitsim.roles.base import ServerError, surfaced
 from splitsim.scenario import Scenario
 
 
@@ -50,22 +51,6 @@ def split_parts(scenario: Scenario) -> tuple[nn.Module, nn.Module]:
     spec = scenario.models.split
     parts = MODELS.get(spec.name).build(spec.params, (1, 28, 28), 10)
     return parts.client, parts.server
-
-
-def train_partition(n_train: int, clients: int, pid: int, seed: int) -> np.ndarray:
-    """Node ``pid``'s training image ids: a seeded, even (IID) split of the classifier set."""
-    order = seeds.rng(seed, "split.train_partition").permutation(n_train)
-    sizes = partition_sizes(n_train, clients)
-    start = sum(sizes[:pid])
-    return np.sort(order[start : start + sizes[pid]])
-
-
-def test_partition(n_test: int, users: int, clients: int, pid: int, seed: int) -> np.ndarray:
-    """Node ``pid``'s share of the first ``users`` test images in a seeded order."""
-    order = seeds.rng(seed, "split.test_partition").permutation(n_test)[:users]
-    sizes = partition_sizes(users, clients)
-    start = sum(sizes[:pid])
-    return order[start : start + sizes[pid]]
 
 
 def batch_order(ids: np.ndarray, seed: int, pid: int, rnd: int) -> np.ndarray:
@@ -209,7 +194,7 @@ def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) 
 
 
 @dataclass
-class SplitOutcome:
+class SplitOutcome(ServerError):
     """What the server ends up with, and how training went."""
 
     client_weights: dict[str, np.ndarray] | None = None
@@ -221,7 +206,6 @@ class SplitOutcome:
     training_ids: list[np.ndarray] = field(default_factory=list)
     colluder: dict[str, np.ndarray] = field(default_factory=dict)
     round_trips: int = 0
-    error: BaseException | None = None
 
 
 def fedavg(weights: dict[int, dict[str, np.ndarray]], sizes: dict[int, int]) -> dict:
@@ -268,14 +252,8 @@ def server_app(
         return replies
 
     @app.main()
+    @surfaced(outcome)
     def main(grid: Grid, context: Context) -> None:
-        try:
-            _train(grid)
-        except BaseException as err:  # surfaced by the caller: Flower would only log it
-            outcome.error = err
-            raise
-
-    def _train(grid: Grid) -> None:
         ids = wait_for_nodes(grid, clients)
         hello = send(
             grid,
@@ -289,8 +267,10 @@ def server_app(
             meta = reply.content["meta"]
             node_of[int(meta["partition"])] = node
             outcome.train_samples[int(meta["partition"])] = int(meta["train_samples"])
+        # The server holds the labels of the owners' training images, keyed by image id
+        # (papers/003); it never loads the images themselves.
         dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
-        _, labels = dataset.classifier_train()
+        labels = dataset.classifier_labels()
         # The server's segment trains where engine.device says (CUDA when present under
         # auto); the owners' segments stay on their CPUs, like the phones and hospital
         # machines they stand for.

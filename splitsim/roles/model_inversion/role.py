@@ -2,47 +2,43 @@
 
 Phases, in the order they run (papers/003, sections 3-4 and Appendices A, B, D):
 
-1. split training over Flower: data owners hold f1 and send (defended) intermediate tensors,
-   the server holds f2 and the labels and returns gradients (engine/split_training.py);
-2. inference: data owners send the intermediate tensors of their test images;
-3. the attack: the server gets f1 (a colluding data owner hands it over with its images, or the
-   server uses the copy it relayed/averaged itself: "obtained alone", Appendix A), builds its
-   auxiliary set (the paper's MNIST 40k-45k, a class-disjoint part of it, Fashion-MNIST or
-   EMNIST as a foreign prior), trains a decoder (attacks/model_inversion.py) and reconstructs
-   the inputs behind the tensors it received at inference and in the last training epoch;
-4. evaluation by the harness, which alone knows the inputs: task accuracy, distance correlation
-   (dcor), MSE / PSNR / SSIM and the accuracy of an independent classifier on reconstructions.
+1. deploy: split training over Flower (protocol.py). Data owners hold f1 and send (defended)
+   intermediate tensors; the server holds f2 and the labels and returns gradients. Then the
+   owners send the intermediate tensors of their test images, and, under ``access:
+   colluding``, one owner hands over its segment and its images. What the server holds after
+   that is ``InversionReceived``;
+2. attack: the server takes f1 (the colluder's, or the copy it relayed/averaged itself:
+   "obtained alone", Appendix A) and its auxiliary images (the colluder's, or its own: MNIST
+   40k-45k, a class-disjoint part of it, Fashion-MNIST or EMNIST as a foreign prior), trains a
+   decoder (attack.py) and reconstructs the inputs behind the tensors it received at inference
+   and in the last training epoch;
+3. truth: the owners' images and labels, which only the harness knows;
+4. evaluate: task accuracy, distance correlation (dcor), MSE / PSNR / SSIM and the accuracy of
+   an independent classifier on reconstructions, and the after-training noise sweep.
 """
 
 from __future__ import annotations
 
-import shutil
-import time
-from typing import Literal
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
-from splitsim import seeds
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
+from splitsim.data.partitions import test_partition
+from splitsim.data.score_data import partition_sizes
 from splitsim.decoding import reconstruct
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
-from splitsim.engine.node_state import state_root
 from splitsim.engine.resources import resolve_device
-from splitsim.engine.simulation import simulate
-from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
-from splitsim.metrics import (
-    accuracy,
-    distance_correlation_batches,
-    image_quality,
-    majority_rate,
-)
+from splitsim.metrics import accuracy, distance_correlation_batches, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
-from splitsim.registry import DATASETS, DEFENCES, ROLES
+from splitsim.registry import DATASETS, DEFENCES
+from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
 from splitsim.roles.model_inversion import report
 from splitsim.roles.model_inversion.attack import intermediates, train_decoder
 from splitsim.roles.model_inversion.protocol import (
@@ -50,17 +46,53 @@ from splitsim.roles.model_inversion.protocol import (
     client_app,
     server_app,
     split_parts,
-    test_partition,
-    train_partition,
 )
-from splitsim.runs import Run
 from splitsim.scenario import Scenario
 
 MNIST_TEST = 10_000
 
 
-@ROLES.register("model_inversion")
-class ModelInversionServer:
+@dataclass(kw_only=True)
+class InversionReceived(Received):
+    """What the curious server holds: every tensor owners sent it, the segment weights it
+    relayed (FedAvg) or was handed, its own segment f2, and how training went."""
+
+    partitions: list[int]  # owners in the order their inference tensors are stacked
+    inference_z: np.ndarray  # owners' test-image tensors, stacked in ``partitions`` order
+    training_z: np.ndarray  # tensors of the last epoch for the kept training image ids
+    training_ids: np.ndarray  # their image ids (the keys of the labels the server holds)
+    client_weights: dict[str, np.ndarray]  # f1 as the server last relayed it
+    server_weights: dict[str, np.ndarray]  # f2, the server's own segment
+    colluder_segment: dict[str, np.ndarray]  # the colluding owner's hand-over ({} if none)
+    colluder_x: np.ndarray | None
+    colluder_x_val: np.ndarray | None
+    history: list[dict[str, float]]
+    train_samples: dict[str, int]
+    round_trips: int
+
+
+@dataclass(kw_only=True)
+class InversionOutput(AttackOutput):
+    inference: np.ndarray  # reconstructions of ``inference_z``
+    training: np.ndarray | None  # reconstructions of ``training_z``
+    decoder: torch.nn.Module
+    history: list[dict[str, float]]
+    aux_size: int
+    defences_known: list[str]
+
+
+@dataclass(kw_only=True)
+class InversionTruth(Truth):
+    x: np.ndarray  # the owners' test images behind ``inference_z``
+    y: np.ndarray
+    x_train: np.ndarray  # the training images behind ``training_z``
+    y_train: np.ndarray
+    dcor_x: np.ndarray  # test images the distance correlation is measured on
+    sweep: list[Any] = field(default_factory=list)
+
+
+@register("model_inversion")
+class ModelInversionServer(Role):
     """Curious split-learning server: trains a decoder from intermediate tensors back to inputs."""
 
     class Params(BaseModel):
@@ -96,15 +128,25 @@ class ModelInversionServer:
         )
 
     stages = ("payload", "loss")
-
-    @staticmethod
-    def flower_nodes(scenario: Scenario) -> int:
-        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
-        return scenario.deployment.clients
-
     models = {"split": "split_cnn"}
     report = report
+    received_type = InversionReceived
     adaptive_override = "role.adaptive=true"
+    attack_params = frozenset(
+        {"aux_data", "aux_size", "val_size", "aux_classes", "adaptive", "decoder",
+         "decoder_epochs", "dcor_samples", "noise_sweep"}
+    )  # fmt: skip
+
+    @classmethod
+    def attack_params_for(cls, scenario: Scenario) -> frozenset[str]:
+        """A colluder's hand-over was sent during deployment: its images are what they are."""
+        if scenario.role.params.access == "colluding":
+            return cls.attack_params - {"aux_data", "aux_size", "val_size", "aux_classes"}
+        return cls.attack_params
+
+    @classmethod
+    def client_app(cls, scenario: Scenario, storage: str):  # noqa: ANN206
+        return client_app(scenario, storage)
 
     @staticmethod
     def summary(metrics: dict) -> dict:
@@ -181,118 +223,86 @@ class ModelInversionServer:
                 source, "deployment.users", f"at most {MNIST_TEST} (the MNIST test images)"
             )
 
-    @staticmethod
-    def run(scenario: Scenario, run: Run) -> dict:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        p = scenario.role.params
-        t = scenario.training
-        clients = scenario.deployment.clients
-        dataset: MNIST = DATASETS.get(scenario.dataset.name)(
-            scenario.dataset.params, scenario.seed, None
-        )
-        x_train, y_train = dataset.classifier_train()
-        x_test, y_test = dataset.images(train=False)
-        rng = seeds.rng(scenario.seed, "inversion.training_targets")
-        keep = rng.choice(len(x_train), size=min(p.training_targets, len(x_train)), replace=False)
+    # -- 1. deploy: split training and inference over Flower ---------------------------
+
+    def deploy(self) -> InversionReceived:
+        p, t = self.params, self.scenario.training
+        clients = self.scenario.deployment.clients
+        dataset = self._dataset()
+        n_train = len(dataset.classifier_labels())
+        # Which training tensors of the last epoch the server keeps, by image id.
+        rng = self.seeds.rng("inversion.training_targets")
+        keep = rng.choice(n_train, size=min(p.training_targets, n_train), replace=False)
         steps_per_round = sum(
-            -(-len(train_partition(len(x_train), clients, pid, scenario.seed)) // t.batch_size)
-            for pid in range(clients)
+            math.ceil(n / t.batch_size) for n in partition_sizes(n_train, clients)
         )
-
-        # 1-2. split training and inference over Flower
-        wire = WireLog(run.folder / "wire.jsonl")
         outcome = SplitOutcome()
-        state_dir = state_root()
-        started = time.perf_counter()
-        try:
-            with run.phase("split training", t.epochs * steps_per_round) as advance:
+        with self.run.phase("split training", t.epochs * steps_per_round) as advance:
 
-                def on_round(row: dict[str, float]) -> None:
-                    run.console.log(
-                        f"round {int(row['round'])}/{t.epochs}: server-side train accuracy "
-                        f"{100 * row['train_accuracy']:.2f} %, loss {row['train_loss']:.4f}"
-                    )
+            def on_round(row: dict[str, float]) -> None:
+                self.run.console.log(
+                    f"round {int(row['round'])}/{t.epochs}: server-side train accuracy "
+                    f"{100 * row['train_accuracy']:.2f} %, loss {row['train_loss']:.4f}"
+                )
 
-                server = server_app(scenario, wire, outcome, set(keep.tolist()), advance, on_round)
-                simulate(server, client_app(scenario, str(state_dir)), clients, scenario.engine)
-        finally:
-            wire.close()
-            shutil.rmtree(state_dir, ignore_errors=True)  # the owners' devices go away
-        run.timings["flower simulation"] = round(time.perf_counter() - started, 3)
-        if outcome.error is not None:
-            raise RuntimeError(f"the Flower ServerApp failed: {outcome.error}") from outcome.error
+            server = server_app(
+                self.scenario, self.wire, outcome, set(keep.tolist()), advance, on_round
+            )
+            self.flower(server, outcome)
         if outcome.client_weights is None or outcome.server is None:
             raise RuntimeError("the Flower ServerApp ended before training finished")
-
         pids = sorted(outcome.inference)
-        test_ids = np.concatenate(
-            [
-                test_partition(len(x_test), scenario.deployment.users, clients, pid, scenario.seed)
-                for pid in pids
-            ]
-        )
-        z_infer = np.concatenate([outcome.inference[pid] for pid in pids])
-        z_train = (
-            np.concatenate(outcome.training_z) if outcome.training_z else np.zeros((0, 1), "f4")
-        )
-        train_ids = (
-            np.concatenate(outcome.training_ids) if outcome.training_ids else np.zeros(0, np.int64)
-        )
-        np.savez_compressed(
-            run.folder / "received.npz",
-            inference_z=z_infer,
-            training_z=z_train,
-            training_ids=train_ids,
-        )
-
-        # Utility: the server's predictions on what it received, and the clean model.
-        client_seg, server_seg = split_parts(scenario)
-        client_seg.load_state_dict(
-            {k: torch.from_numpy(v) for k, v in outcome.client_weights.items()}
-        )
-        server_seg.load_state_dict(outcome.server.state_dict())
-        client_seg.eval()
-        server_seg.eval()
-        with torch.no_grad():
-            deployed_pred = server_seg(torch.from_numpy(z_infer)).argmax(1).numpy()
-        clean_z = intermediates(client_seg, x_test[test_ids])
-        with torch.no_grad():
-            clean_pred = server_seg(torch.from_numpy(clean_z)).argmax(1).numpy()
-        n_dcor = min(p.dcor_samples, len(x_test))
-        dcor_x = x_test[:n_dcor]
-        dcor_stats = distance_correlation_batches(
-            dcor_x, intermediates(client_seg, dcor_x), t.batch_size
+        handed = outcome.colluder
+        return InversionReceived(
+            partitions=pids,
+            inference_z=np.concatenate([outcome.inference[pid] for pid in pids]),
+            training_z=(
+                np.concatenate(outcome.training_z) if outcome.training_z else np.zeros((0, 1), "f4")
+            ),
+            training_ids=(
+                np.concatenate(outcome.training_ids)
+                if outcome.training_ids
+                else np.zeros(0, np.int64)
+            ),
+            client_weights=outcome.client_weights,
+            server_weights={
+                k: v.detach().numpy().copy() for k, v in outcome.server.state_dict().items()
+            },
+            colluder_segment={k.removeprefix("segment."): v for k, v in handed.items() if "." in k},
+            colluder_x=handed.get("x"),
+            colluder_x_val=handed.get("x_val"),
+            history=outcome.history,
+            train_samples={str(k): v for k, v in outcome.train_samples.items()},
+            round_trips=outcome.round_trips,
         )
 
-        # 3. the attack
+    # -- 2. attack: a decoder from intermediate tensors back to images -----------------
+
+    def attack(self, received: InversionReceived) -> InversionOutput:
+        p, t = self.params, self.scenario.training
         if p.access == "colluding":
-            segment_weights = {
-                k.removeprefix("segment."): v for k, v in outcome.colluder.items() if "." in k
-            }
-            aux, val = outcome.colluder["x"], outcome.colluder["x_val"]
+            segment_weights = received.colluder_segment
+            aux, val = received.colluder_x, received.colluder_x_val
         else:
-            segment_weights = outcome.client_weights
-            own = aux_images(
-                p.aux_data,
-                scenario.dataset.params.root,
-                p.aux_size,
-                p.val_size,
-                p.aux_classes,
-                seeds.int_seed(scenario.seed, "inversion.attack"),
-                scenario.dataset.params.download,
+            segment_weights = received.client_weights
+            root, download = (
+                self.scenario.dataset.params.root,
+                self.scenario.dataset.params.download,
             )
+            own = aux_images(p.aux_data, root, p.aux_size, p.val_size, p.aux_classes,
+                             self.seeds.int("inversion.attack"), download)  # fmt: skip
             aux, val = own.x, own.x_val
-        stolen, _ = split_parts(scenario)
+        stolen, _ = split_parts(self.scenario)
         stolen.load_state_dict({k: torch.from_numpy(v) for k, v in segment_weights.items()})
-        known = [d for d in build_defences(scenario.defences) if d.stage == "payload"]
+        known = [d for d in build_defences(self.scenario.defences) if d.stage == "payload"]
         defend = None
         if p.adaptive and known:
-            defence_rng = seeds.rng(scenario.seed, "inversion.attack", 1)
+            defence_rng = self.seeds.rng("inversion.attack", 1)
 
             def defend(z: np.ndarray) -> np.ndarray:
                 return apply_stage(known, "payload", z, defence_rng)
 
-        with run.phase("attacker's decoder", p.decoder_epochs) as advance:
+        with self.run.phase("attacker's decoder", p.decoder_epochs) as advance:
             decoder, history = train_decoder(
                 stolen,
                 aux,
@@ -301,94 +311,140 @@ class ModelInversionServer:
                 epochs=p.decoder_epochs,
                 batch_size=t.batch_size,
                 lr=t.lr,
-                seed=seeds.int_seed(scenario.seed, "inversion.attack"),
-                device=resolve_device(scenario.engine),
+                seed=self.seeds.int("inversion.attack"),
+                device=resolve_device(self.scenario.engine),
                 deep=p.decoder == "deep",
                 on_epoch=advance,
             )
-        recon_infer = reconstruct(decoder, z_infer)
-        recon_train = reconstruct(decoder, z_train) if len(z_train) else None
+        return InversionOutput(
+            inference=reconstruct(decoder, received.inference_z),
+            training=(
+                reconstruct(decoder, received.training_z) if len(received.training_z) else None
+            ),
+            decoder=decoder,
+            history=history,
+            aux_size=len(aux),
+            defences_known=[
+                spec.name
+                for spec in self.scenario.defences
+                if defend is not None and DEFENCES.get(spec.name).stage == "payload"
+            ],
+        )
 
-        # 4. evaluation against the inputs only the harness knows
-        with run.phase("evaluation", 1):
-            ref_x, ref_y = dataset.reference_train()
-            judge = reference_classifier(ref_x, ref_y, scenario.dataset.params.root, scenario.seed)
-            truth = y_test[test_ids]
-            leakage = {
-                "inference": _leakage(judge, x_test[test_ids], recon_infer, truth),
-            }
-            if recon_train is not None:
-                leakage["training"] = _leakage(
-                    judge, x_train[train_ids], recon_train, y_train[train_ids]
-                )
+    # -- 3. truth: the owners' images, known to the harness alone ----------------------
+
+    def truth(self, received: InversionReceived) -> InversionTruth:
+        dataset = self._dataset()
+        x_train, y_train = dataset.classifier_train()
+        x_test, y_test = dataset.images(train=False)
+        users, clients = self.scenario.deployment.users, self.scenario.deployment.clients
+        seed = self.scenario.seed
+        test_ids = np.concatenate(
+            [test_partition(len(x_test), users, clients, pid, seed) for pid in received.partitions]
+        )
+        ids = received.training_ids
+        return InversionTruth(
+            x=x_test[test_ids],
+            y=y_test[test_ids],
+            x_train=x_train[ids],
+            y_train=y_train[ids],
+            dcor_x=x_test[: min(self.params.dcor_samples, len(x_test))],
+        )
+
+    # -- 4. evaluate -------------------------------------------------------------------
+
+    def evaluate(
+        self, received: InversionReceived, truth: InversionTruth, output: InversionOutput
+    ) -> Evaluation:
+        p, t = self.params, self.scenario.training
+        client_seg, server_seg = split_parts(self.scenario)
+        client_seg.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in received.client_weights.items()}
+        )
+        server_seg.load_state_dict(
+            {k: torch.from_numpy(v) for k, v in received.server_weights.items()}
+        )
+        client_seg.eval()
+        server_seg.eval()
+        with torch.no_grad():
+            deployed_pred = server_seg(torch.from_numpy(received.inference_z)).argmax(1).numpy()
+        clean_z = intermediates(client_seg, truth.x)
+        with torch.no_grad():
+            clean_pred = server_seg(torch.from_numpy(clean_z)).argmax(1).numpy()
+        dcor_stats = distance_correlation_batches(
+            truth.dcor_x, intermediates(client_seg, truth.dcor_x), t.batch_size
+        )
+        with self.run.phase("evaluation", 1):
+            ref_x, ref_y = self._dataset().reference_train()
+            judge = reference_classifier(
+                ref_x, ref_y, self.scenario.dataset.params.root, self.scenario.seed
+            )
+            leakage = {"inference": _leakage(judge, truth.x, output.inference, truth.y)}
+            if output.training is not None:
+                leakage["training"] = _leakage(judge, truth.x_train, output.training, truth.y_train)
+            # After training, what Laplace noise on the test tensors would have cost and
+            # saved (Fig. 2a, 4): an evaluation on the true tensors, not the attacker's view.
             sweep, sweep_pictures = [], []
-            pictures = _one_per_class(truth)
+            pictures = _one_per_class(truth.y)
             for i, b in enumerate(p.noise_sweep):
-                noise_rng = seeds.rng(scenario.seed, "inversion.noise_sweep", i)
+                noise_rng = self.seeds.rng("inversion.noise_sweep", i)
                 noisy = clean_z + noise_rng.laplace(0.0, b, clean_z.shape).astype(np.float32)
                 with torch.no_grad():
                     pred = server_seg(torch.from_numpy(noisy)).argmax(1).numpy()
-                recon = reconstruct(decoder, noisy)
+                recon = reconstruct(output.decoder, noisy)
                 sweep.append(
-                    {"scale": b, "accuracy": accuracy(pred, truth)}
-                    | _leakage(judge, x_test[test_ids], recon, truth)
+                    {"scale": b, "accuracy": accuracy(pred, truth.y)}
+                    | _leakage(judge, truth.x, recon, truth.y)
                 )
                 sweep_pictures.append(recon[pictures])
-        client_records = wire_records(run.folder / "wire.jsonl")
-        train_pictures = _one_per_class(y_train[train_ids]) if recon_train is not None else None
-        return {
-            "metrics": {
-                "utility": {
-                    "accuracy": accuracy(deployed_pred, truth),
-                    "accuracy_without_inference_noise": accuracy(clean_pred, truth),
-                    "chance": majority_rate(truth),
-                    "test_images": len(truth),
-                    "history": outcome.history,
-                },
-                "distance_correlation": dcor_stats,
-                "attack": {
-                    "access": p.access,
-                    "aux_data": p.aux_data,
-                    "aux_size": len(aux),
-                    "adaptive": p.adaptive,
-                    "decoder": p.decoder,
-                    "defences_known": [
-                        spec.name
-                        for spec in scenario.defences
-                        if defend is not None and DEFENCES.get(spec.name).stage == "payload"
-                    ],
-                    "decoder_history": history,
-                },
-                "leakage": leakage,
-                "noise_sweep": sweep,
-                "training": {
-                    "schedule": p.schedule,
-                    "task_loss": p.task_loss,
-                    "data_owners": clients,
-                    "train_samples": {str(k): v for k, v in outcome.train_samples.items()},
-                    "round_trips": outcome.round_trips,
-                },
-                "wire": {
-                    "messages": wire.messages,
-                    "bytes_to_clients": wire.bytes["to_clients"],
-                    "bytes_from_clients": wire.bytes["from_clients"],
-                    "client_records": client_records,
-                },
+        train_pictures = _one_per_class(truth.y_train) if output.training is not None else None
+        metrics = {
+            "utility": {
+                "accuracy": accuracy(deployed_pred, truth.y),
+                "accuracy_without_inference_noise": accuracy(clean_pred, truth.y),
+                "chance": majority_rate(truth.y),
+                "test_images": len(truth.y),
+                "history": received.history,
             },
-            "plots": {
-                "originals": x_test[test_ids][pictures],
-                "inference": recon_infer[pictures],
-                "training_originals": (
-                    x_train[train_ids][train_pictures] if train_pictures is not None else None
-                ),
-                "training": recon_train[train_pictures] if train_pictures is not None else None,
-                "labels": truth[pictures],
-                "sweep": {
-                    f"{b:g}": images
-                    for b, images in zip(p.noise_sweep, sweep_pictures, strict=True)
-                },
+            "distance_correlation": dcor_stats,
+            "attack": {
+                "access": p.access,
+                "aux_data": p.aux_data,
+                "aux_size": output.aux_size,
+                "adaptive": p.adaptive,
+                "decoder": p.decoder,
+                "defences_known": output.defences_known,
+                "decoder_history": output.history,
+            },
+            "leakage": leakage,
+            "noise_sweep": sweep,
+            "training": {
+                "schedule": p.schedule,
+                "task_loss": p.task_loss,
+                "data_owners": self.scenario.deployment.clients,
+                "train_samples": received.train_samples,
+                "round_trips": received.round_trips,
+            },
+            "wire": received.wire,
+        }
+        plots = {
+            "originals": truth.x[pictures],
+            "inference": output.inference[pictures],
+            "training_originals": (
+                truth.x_train[train_pictures] if train_pictures is not None else None
+            ),
+            "training": output.training[train_pictures] if train_pictures is not None else None,
+            "labels": truth.y[pictures],
+            "sweep": {
+                f"{b:g}": images for b, images in zip(p.noise_sweep, sweep_pictures, strict=True)
             },
         }
+        return Evaluation(metrics, plots)
+
+    def _dataset(self) -> MNIST:
+        return DATASETS.get(self.scenario.dataset.name)(
+            self.scenario.dataset.params, self.scenario.seed, None
+        )
 
 
 def _leakage(judge: torch.nn.Module, x: np.ndarray, recon: np.ndarray, y: np.ndarray) -> dict:

@@ -1,6 +1,6 @@
 """The label-change oracle of papers/004 as a Flower exchange.
 
-The adversary's ServerApp runs the signature search (attacks/perturbation_probe.py); each
+The adversary's ServerApp runs the signature search (attack.py); each
 search step is one message per data owner carrying that owner's open queries as three arrays
 (``input``: the owner's local input number, ``direction``, ``eps``), and the ClientApp replies
 with one ``bits`` array: 1 the top-1 class changed, 0 it did not, 2 refused. Neither the class,
@@ -15,12 +15,14 @@ Phases, per session:
 A session is one probing pass: a direction kind, and the defences the data owners run for it.
 The run compares several (the report's table), so each message carries its ``session`` number,
 a harness control field with no data in it, from which the ClientApp takes its defences for that
-pass (``sessions`` below, from the scenario). Data owners apply, in scenario order, their
-``budget`` (per input, per session), ``input`` (fresh noise per query) and ``answer`` defences.
+pass (``sessions`` below: the same list on both sides, from the resolved scenario). Data owners
+apply, in scenario order, their ``budget`` (per input, per session), ``input`` (fresh noise per
+query) and ``answer`` defences.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -32,89 +34,133 @@ from flwr.serverapp import Grid, ServerApp
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
+from splitsim.data.partitions import test_partition
 from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state
 from splitsim.engine.grid import exchange, wait_for_nodes
 from splitsim.engine.wire import WireLog
+from splitsim.registry import DATASETS, MODELS
+from splitsim.roles.base import ServerError, surfaced
 from splitsim.roles.perturbation_probe.attack import REFUSED, Signatures, search
+from splitsim.scenario import Plugin, Scenario
 
 
-@dataclass
+def defence_settings(configured: list[Plugin], compare: bool) -> list[tuple[str, list[Plugin]]]:
+    """The owners' defences per pass: as configured first (the headline), then, to compare,
+    none and each defence alone."""
+
+    def label(specs: list[Plugin]) -> str:
+        return (
+            " + ".join(
+                f"{s.name}({', '.join(f'{k}={v}' for k, v in s.params.model_dump().items())})"
+                for s in specs
+            )
+            or "none"
+        )
+
+    settings = [(label(configured), list(configured))]
+    if compare and configured:
+        settings.append(("none", []))
+        if len(configured) > 1:
+            settings += [(label([s]), [s]) for s in configured]
+    return settings
+
+
+@dataclass(frozen=True)
 class Session:
-    """One probing pass: the adversary's directions, the data owners' defences."""
+    """One probing pass: the adversary's direction kind, the data owners' defences."""
 
     kind: str
-    directions: np.ndarray
     defences: list  # scenario defence entries (Plugin) the owners run in this pass
     label: str
 
 
+def sessions(scenario: Scenario) -> list[Session]:
+    """The passes a scenario compares, the same list on the adversary's and the owners' side:
+    every direction kind with the configured defences and without; each defence alone only for
+    the headline kind (the table stays readable and the run short)."""
+    p = scenario.role.params
+    settings = defence_settings(scenario.defences, p.compare_defences)
+    return [
+        Session(kind, setting, label)
+        for i, kind in enumerate(p.directions)
+        for j, (label, setting) in enumerate(settings)
+        if i == 0 or j < 2
+    ]
+
+
 @dataclass
-class ProbeOutcome:
+class ProbeOutcome(ServerError):
     """What the adversary ended with, per session, and the order of the owners' inputs."""
 
     signatures: dict[int, Signatures] = field(default_factory=dict)
     partitions: list[int] = field(default_factory=list)  # partition of each owner, in order
     sizes: list[int] = field(default_factory=list)
-    error: BaseException | None = None
 
 
-def client_app(
-    sessions: list[Session],
-    build_model: Callable[[], torch.nn.Module],
-    secret_inputs: Callable[[int], np.ndarray],
-    seed: int,
-) -> ClientApp:
-    """``secret_inputs(partition)``: the owner's private images, never sent anywhere."""
+def served_network(scenario: Scenario) -> torch.nn.Module:
+    spec = scenario.models.served
+    return MODELS.get(spec.name).build(spec.params, (1, 28, 28), 10)
+
+
+def secret_inputs(scenario: Scenario, pid: int) -> np.ndarray:
+    """Owner ``pid``'s private images (MNIST test images), which never leave it."""
+    x, _ = DATASETS.get("mnist")(scenario.dataset.params, scenario.seed, None).images(train=False)
+    users, clients = scenario.deployment.users, scenario.deployment.clients
+    return x[test_partition(len(x), users, clients, pid, scenario.seed)]
+
+
+def client_app(scenario: Scenario) -> ClientApp:
     app = ClientApp()
-
-    @app.query()
-    def handle(msg: Message, context: Context) -> Message:
-        pid = int(context.node_config["partition-id"])
-        config = msg.content["config"]
-        phase = config["phase"]
-        x = secret_inputs(pid)
-        if phase == "hello":
-            reply = RecordDict({"meta": ConfigRecord({"partition": pid, "inputs": len(x)})})
-            return Message(reply, reply_to=msg)
-        session = int(config["session"])
-        if phase == "install":
-            context.state["model"] = msg.content["model"]
-            context.state[f"directions{session}"] = msg.content["directions"]
-            context.state[f"spent{session}"] = arrays_to_record(
-                {"spent": np.zeros(len(x), np.int64)}
-            )
-            return Message(RecordDict(), reply_to=msg)
-        if phase != "probe":
-            raise ValueError(f"unknown phase {phase!r}")
-        chosen = defence_lib.build(sessions[session].defences)
-        step = int(config["step"])
-        q = record_to_arrays(msg.content["queries"])
-        inputs, dirs, eps = q["input"], q["direction"], q["eps"]
-        spent = record_to_arrays(context.state[f"spent{session}"])["spent"]
-        answered = np.ones(len(inputs), dtype=bool)
-        for budget in (d for d in chosen if d.stage == "budget"):
-            answered &= budget.allowed(spent, inputs)
-        context.state[f"spent{session}"] = arrays_to_record({"spent": spent})
-        model = build_model()
-        model.load_state_dict(record_to_state(context.state["model"]))
-        model.eval()
-        directions = record_to_arrays(context.state[f"directions{session}"])["d"]
-        reference = _top1(model, x)
-        bits = np.full(len(inputs), REFUSED, dtype=np.uint8)
-        rng = seeds.rng(seed, "probe.client_input_noise", pid, session, step)
-        idx = np.flatnonzero(answered)
-        for s in range(0, len(idx), 512):  # small batches are faster (see local_oracle)
-            part = idx[s : s + 512]
-            probe = x[inputs[part]] + eps[part].reshape(-1, 1, 1, 1) * directions[dirs[part]]
-            probe = defence_lib.apply_stage(chosen, "input", probe, rng)
-            bits[part] = _top1(model, probe) != reference[inputs[part]]
-        answer_rng = np.random.default_rng(
-            seeds.stream(seed, "probe.client_answer_noise", pid, session, step)
-        )
-        bits[idx] = defence_lib.apply_stage(chosen, "answer", bits[idx], answer_rng)
-        return Message(RecordDict({"bits": arrays_to_record({"bits": bits})}), reply_to=msg)
-
+    # A module-level handler with its settings bound: Flower pickles the app for every
+    # message, and a closure would go by value (see model_inversion/protocol.client_app).
+    app.query()(functools.partial(_handle, scenario))
     return app
+
+
+def _handle(scenario: Scenario, msg: Message, context: Context) -> Message:
+    """One message to a data owner: hello, install a session's model and directions, or
+    answer one search step's queries with label-change bits."""
+    seed = scenario.seed
+    pid = int(context.node_config["partition-id"])
+    config = msg.content["config"]
+    phase = config["phase"]
+    x = secret_inputs(scenario, pid)
+    if phase == "hello":
+        reply = RecordDict({"meta": ConfigRecord({"partition": pid, "inputs": len(x)})})
+        return Message(reply, reply_to=msg)
+    session = int(config["session"])
+    if phase == "install":
+        context.state["model"] = msg.content["model"]
+        context.state[f"directions{session}"] = msg.content["directions"]
+        context.state[f"spent{session}"] = arrays_to_record({"spent": np.zeros(len(x), np.int64)})
+        return Message(RecordDict(), reply_to=msg)
+    if phase != "probe":
+        raise ValueError(f"unknown phase {phase!r}")
+    chosen = defence_lib.build(sessions(scenario)[session].defences)
+    step = int(config["step"])
+    q = record_to_arrays(msg.content["queries"])
+    inputs, dirs, eps = q["input"], q["direction"], q["eps"]
+    spent = record_to_arrays(context.state[f"spent{session}"])["spent"]
+    answered = np.ones(len(inputs), dtype=bool)
+    for budget in (d for d in chosen if d.stage == "budget"):
+        answered &= budget.allowed(spent, inputs)
+    context.state[f"spent{session}"] = arrays_to_record({"spent": spent})
+    model = served_network(scenario)
+    model.load_state_dict(record_to_state(context.state["model"]))
+    model.eval()
+    directions = record_to_arrays(context.state[f"directions{session}"])["d"]
+    reference = _top1(model, x)
+    bits = np.full(len(inputs), REFUSED, dtype=np.uint8)
+    rng = seeds.rng(seed, "probe.client_input_noise", pid, session, step)
+    idx = np.flatnonzero(answered)
+    for s in range(0, len(idx), 512):  # small batches are faster (see local_oracle)
+        part = idx[s : s + 512]
+        probe = x[inputs[part]] + eps[part].reshape(-1, 1, 1, 1) * directions[dirs[part]]
+        probe = defence_lib.apply_stage(chosen, "input", probe, rng)
+        bits[part] = _top1(model, probe) != reference[inputs[part]]
+    answer_rng = seeds.rng(seed, "probe.client_answer_noise", pid, session, step)
+    bits[idx] = defence_lib.apply_stage(chosen, "answer", bits[idx], answer_rng)
+    return Message(RecordDict({"bits": arrays_to_record({"bits": bits})}), reply_to=msg)
 
 
 @torch.no_grad()
@@ -128,7 +174,8 @@ def _top1(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray
 
 
 def server_app(
-    sessions: list[Session],
+    passes: list[Session],
+    directions: dict[str, np.ndarray],
     model_state: dict[str, np.ndarray],
     clients: int,
     search_args: dict,
@@ -195,43 +242,38 @@ def server_app(
         return oracle
 
     @app.main()
+    @surfaced(outcome)
     def main(grid: Grid, context: Context) -> None:
-        try:
-            ids = wait_for_nodes(grid, clients)
-            hello = send(
-                grid, {n: RecordDict({"config": config("hello")}) for n in ids}, "hello", 0
+        ids = wait_for_nodes(grid, clients)
+        hello = send(grid, {n: RecordDict({"config": config("hello")}) for n in ids}, "hello", 0)
+        order = sorted(ids, key=lambda n: int(hello[n].content["meta"]["partition"]))
+        sizes = [int(hello[n].content["meta"]["inputs"]) for n in order]
+        outcome.partitions = [int(hello[n].content["meta"]["partition"]) for n in order]
+        outcome.sizes = sizes
+        offsets = np.cumsum([0, *sizes])
+        for k, session in enumerate(passes):
+            rnd = 1000 * (k + 1)
+            send(
+                grid,
+                {
+                    n: RecordDict(
+                        {
+                            "config": config("install", k),
+                            "model": arrays_to_record(model_state),
+                            "directions": arrays_to_record({"d": directions[session.kind]}),
+                        }
+                    )
+                    for n in order
+                },
+                "install",
+                rnd,
             )
-            order = sorted(ids, key=lambda n: int(hello[n].content["meta"]["partition"]))
-            sizes = [int(hello[n].content["meta"]["inputs"]) for n in order]
-            outcome.partitions = [int(hello[n].content["meta"]["partition"]) for n in order]
-            outcome.sizes = sizes
-            offsets = np.cumsum([0, *sizes])
-            for k, session in enumerate(sessions):
-                rnd = 1000 * (k + 1)
-                send(
-                    grid,
-                    {
-                        n: RecordDict(
-                            {
-                                "config": config("install", k),
-                                "model": arrays_to_record(model_state),
-                                "directions": arrays_to_record({"d": session.directions}),
-                            }
-                        )
-                        for n in order
-                    },
-                    "install",
-                    rnd,
-                )
-                outcome.signatures[k] = search(
-                    make_oracle(grid, order, offsets, k, rnd),
-                    int(offsets[-1]),
-                    len(session.directions),
-                    on_step=lambda s, left, k=k: on_step(k, s, left),
-                    **search_args,
-                )
-        except BaseException as err:  # surfaced by the caller: Flower would only log it
-            outcome.error = err
-            raise
+            outcome.signatures[k] = search(
+                make_oracle(grid, order, offsets, k, rnd),
+                int(offsets[-1]),
+                len(directions[session.kind]),
+                on_step=lambda s, left, k=k: on_step(k, s, left),
+                **search_args,
+            )
 
     return app

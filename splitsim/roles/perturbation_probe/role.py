@@ -2,26 +2,26 @@
 
 Phases, in the order they run (papers/004, sections 2-3):
 
-1. served model: the model owner trains (or loads, cached) the MNIST classifier it serves, on
-   MNIST training images 0-40,000;
-2. directions: per kind the scenario compares (random, the paper's; class-centroid and
-   adversarial-gradient ones, its future work), from the adversary's own images and model;
-3. the adversary's training signatures: the same bracketing-and-bisection search against its
-   own copy of the model, on its own images (MNIST 40,000-50,000, disjoint from every target),
-   cached on disk because they dominate the cost;
-4. decoders: one DCGAN-style generator per direction kind, L2 loss on (E_x, x);
-5. probing over Flower: the data owners hold MNIST test images; each session (a direction kind
-   and the defences the owners run for it) searches every owner's signatures at once, one
-   message per owner per step, bits only in the replies;
-6. evaluation by the harness, which alone sees the inputs: MSE / PSNR / SSIM, the accuracy of an
-   independent classifier (MNIST 50,000-60,000) on the reconstructions, queries per input, and
-   the served model's accuracy under each session's defences.
+1. deploy: the model owner trains (or loads, cached) the MNIST classifier it serves, on MNIST
+   training images 0-40,000, and draws its directions per kind the scenario compares (random,
+   the paper's; class-centroid and adversarial-gradient ones, its future work) from its own
+   images and model. Then probing over Flower: the data owners hold MNIST test images; each
+   session (a direction kind and the defences the owners run for it) searches every owner's
+   signatures at once, one message per owner per step, bits only in the replies;
+2. attack: the adversary's training signatures, by the same bracketing-and-bisection search
+   against its own copy of the model on its own images (MNIST 40,000-50,000, disjoint from
+   every target; cached on disk, they dominate the cost), one DCGAN-style decoder per kind
+   (L2 loss on (E_x, x)), and the reconstructions from the signatures it received;
+3. truth: the owners' images, which only the harness sees;
+4. evaluate: MSE / PSNR / SSIM, the accuracy of an independent classifier (MNIST
+   50,000-60,000) on the reconstructions, queries per input, and the served model's accuracy
+   under each session's defences.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,29 +31,76 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
-from splitsim.data.mnist import ATTACKER_TRAIN
+from splitsim.data.mnist import ATTACKER_TRAIN, MNIST
+from splitsim.data.partitions import test_partition
 from splitsim.decoding import reconstruct
 from splitsim.engine.resources import resolve_device
-from splitsim.engine.simulation import simulate
-from splitsim.engine.wire import WireLog
-from splitsim.engine.wire import client_records as wire_records
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
-from splitsim.registry import DATASETS, MODELS, ROLES
-from splitsim.roles.model_inversion.protocol import test_partition
+from splitsim.registry import DATASETS
+from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
 from splitsim.roles.perturbation_probe import report
-from splitsim.roles.perturbation_probe.attack import directions, local_oracle, search, train_decoder
-from splitsim.roles.perturbation_probe.protocol import ProbeOutcome, Session, client_app, server_app
-from splitsim.runs import Run
-from splitsim.scenario import Plugin, Scenario
+from splitsim.roles.perturbation_probe.attack import (
+    Signatures,
+    directions,
+    local_oracle,
+    search,
+    train_decoder,
+)
+from splitsim.roles.perturbation_probe.protocol import (
+    ProbeOutcome,
+    client_app,
+    served_network,
+    server_app,
+    sessions,
+)
+from splitsim.scenario import Scenario
+
+
+@dataclass(kw_only=True)
+class ProbeReceived(Received):
+    """What the adversary holds: its served model and directions, and per session the
+    signatures it measured from the owners' bits."""
+
+    partitions: list[int]  # owners in the order their inputs are numbered
+    sizes: list[int]
+    served: dict[str, np.ndarray]  # the served model's weights (its own)
+    directions: dict[str, np.ndarray]  # kind -> (d, 1, 28, 28)
+    eps: list[np.ndarray]  # per session, as Signatures
+    flipped: list[np.ndarray]
+    refused: list[np.ndarray]
+    queries: list[np.ndarray]
+    steps: list[int]
+
+    def signatures(self, k: int) -> Signatures:
+        return Signatures(
+            self.eps[k], self.flipped[k], self.refused[k], self.queries[k], self.steps[k]
+        )
+
+
+@dataclass(kw_only=True)
+class ProbeOutput(AttackOutput):
+    reconstructions: list[np.ndarray]  # per session
+    training_queries: dict[str, float]  # per kind: queries per own image for its signatures
+    decoder_history: dict[str, list[dict[str, float]]]
+    aux_images: int
+
+
+@dataclass(kw_only=True)
+class ProbeTruth(Truth):
+    x: np.ndarray  # the owners' secret images, in the adversary's numbering
+    y: np.ndarray
+    x_test: np.ndarray  # the whole MNIST test set (the served model's own test accuracy)
+    y_test: np.ndarray
+
 
 MNIST_TEST = 10_000
 AUX_MAX = 10_000  # MNIST 40,000-50,000
 
 
-@ROLES.register("perturbation_probe")
-class PerturbationProber:
+@register("perturbation_probe")
+class PerturbationProber(Role):
     """Model owner that decodes secret inputs from label-change bits (minimal-eps signatures)."""
 
     class Params(BaseModel):
@@ -77,15 +124,15 @@ class PerturbationProber:
         )
 
     stages = ("input", "answer", "budget")
-
-    @staticmethod
-    def flower_nodes(scenario: Scenario) -> int:
-        """Flower nodes the role's phases need (SuperNodes under the deployment engine)."""
-        return scenario.deployment.clients
-
     models = {"served": "probe_cnn"}
     report = report
+    received_type = ProbeReceived
     adaptive_override = None  # the adversary trains on its own undefended model
+    attack_params = frozenset({"aux_size", "decoder_epochs"})
+
+    @classmethod
+    def client_app(cls, scenario: Scenario, storage: str):  # noqa: ANN206
+        return client_app(scenario)
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
@@ -130,50 +177,63 @@ class PerturbationProber:
             ],
         }
 
-    @staticmethod
-    def run(scenario: Scenario, run: Run) -> dict:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        p = scenario.role.params
-        root = scenario.dataset.params.root
-        dataset = DATASETS.get("mnist")(scenario.dataset.params, scenario.seed, None)
-        x_train, y_train = dataset.images(train=True)
-        x_test, y_test = dataset.images(train=False)
-        served_spec = scenario.models.served
+    # -- 1. deploy: the served model, the directions, probing over Flower --------------
 
-        def build() -> torch.nn.Module:
-            return MODELS.get(served_spec.name).build(served_spec.params, (1, 28, 28), 10)
-
-        # 1. the served model
-        with run.phase("served model", p.served_epochs) as advance:
+    def deploy(self) -> ProbeReceived:
+        p, scenario = self.params, self.scenario
+        dataset = self._dataset()
+        with self.run.phase("served model", p.served_epochs) as advance:
             model = served_model(
-                build, *dataset.classifier_train(), root, scenario.seed, p.served_epochs, advance
-            )
+                lambda: served_network(scenario), *dataset.classifier_train(),
+                scenario.dataset.params.root, scenario.seed, p.served_epochs, advance,
+            )  # fmt: skip
+        aux_x, aux_y = self._own_images()
+        dirs = {
+            kind: directions(kind, p.num_directions, (1, 28, 28),
+                             self.seeds.int("probe.directions"), model, aux_x, aux_y)
+            for kind in p.directions
+        }  # fmt: skip
+        passes = sessions(scenario)
+        outcome = ProbeOutcome()
         state = {k: v.numpy() for k, v in model.state_dict().items()}
-        aux_x = x_train[ATTACKER_TRAIN[0] : ATTACKER_TRAIN[0] + p.aux_size]
-        aux_y = y_train[ATTACKER_TRAIN[0] : ATTACKER_TRAIN[0] + p.aux_size]
-        search_args = {
-            "eps_start": p.eps_start,
-            "eps_max": p.eps_max,
-            "tolerance": p.tolerance,
-            "max_steps": p.max_steps,
-        }
+        with self.run.phase("probing over Flower", len(passes) * p.max_steps, timed=False) as tick:
+            server = server_app(passes, dirs, state, scenario.deployment.clients,
+                                self._search_args(), self.wire, outcome,
+                                lambda k, step, left: tick())  # fmt: skip
+            self.flower(server, outcome)
+        if len(outcome.signatures) != len(passes):
+            raise RuntimeError("the Flower ServerApp ended before probing finished")
+        sig = [outcome.signatures[k] for k in range(len(passes))]
+        return ProbeReceived(
+            partitions=outcome.partitions,
+            sizes=outcome.sizes,
+            served=state,
+            directions=dirs,
+            eps=[s.eps for s in sig],
+            flipped=[s.flipped for s in sig],
+            refused=[s.refused for s in sig],
+            queries=[s.queries for s in sig],
+            steps=[s.steps for s in sig],
+        )
 
-        # 2-4. directions, the adversary's own signatures, a decoder per kind
-        dirs, decoders, stats, history = {}, {}, {}, {}
-        with run.phase("adversary's signatures", len(p.directions) * p.max_steps) as advance:
+    # -- 2. attack: the adversary's own signatures, a decoder per kind ------------------
+
+    def attack(self, received: ProbeReceived) -> ProbeOutput:
+        p = self.params
+        model = self._served(received)
+        aux_x, _ = self._own_images()
+        root = self.scenario.dataset.params.root
+        stats, own, decoders, history = {}, {}, {}, {}
+        with self.run.phase("adversary's signatures", len(p.directions) * p.max_steps) as advance:
             for kind in p.directions:
-                seed = seeds.int_seed(scenario.seed, "probe.directions")
-                dirs[kind] = directions(
-                    kind, p.num_directions, (1, 28, 28), seed, model, aux_x, aux_y
-                )
-                sig = cached_signatures(model, aux_x, dirs[kind], search_args, root, advance)
-                stats[kind] = sig.stats()
-                history[kind] = {"signatures": sig}
-        with run.phase("decoders", len(p.directions) * p.decoder_epochs) as advance:
+                own[kind] = cached_signatures(model, aux_x, received.directions[kind],
+                                              self._search_args(), root, advance)  # fmt: skip
+                stats[kind] = own[kind].stats()
+        with self.run.phase("decoders", len(p.directions) * p.decoder_epochs) as advance:
             for kind in p.directions:
-                features = history[kind]["signatures"].features(stats[kind])
+                features = own[kind].features(stats[kind])
                 n_val = max(2, len(aux_x) // 10)
-                decoders[kind], history[kind]["decoder"] = train_decoder(
+                decoders[kind], history[kind] = train_decoder(
                     features[n_val:],
                     aux_x[n_val:],
                     features[:n_val],
@@ -181,150 +241,111 @@ class PerturbationProber:
                     epochs=p.decoder_epochs,
                     batch_size=64,
                     lr=1e-3,
-                    seed=seeds.int_seed(scenario.seed, "probe.decoder"),
-                    device=resolve_device(scenario.engine),
+                    seed=self.seeds.int("probe.decoder"),
+                    device=resolve_device(self.scenario.engine),
                     on_epoch=advance,
                 )
-
-        # 5. probing the data owners over Flower
-        settings = defence_settings(scenario.defences, p.compare_defences)
-        # Every kind with the configured defences and without; each defence alone only for
-        # the headline kind (the table stays readable and the run short).
-        sessions = [
-            Session(kind, dirs[kind], setting, label)
-            for i, kind in enumerate(p.directions)
-            for j, (label, setting) in enumerate(settings)
-            if i == 0 or j < 2
-        ]
-        clients, users = scenario.deployment.clients, scenario.deployment.users
-
-        def secret_inputs(pid: int) -> np.ndarray:
-            return x_test[test_partition(MNIST_TEST, users, clients, pid, scenario.seed)]
-
-        wire = WireLog(run.folder / "wire.jsonl")
-        outcome = ProbeOutcome()
-        started = time.perf_counter()
-        with run.phase("probing over Flower", len(sessions) * p.max_steps, timed=False) as tick:
-            server = server_app(
-                sessions,
-                state,
-                clients,
-                search_args,
-                wire,
-                outcome,
-                lambda k, step, left: tick(),
-            )
-            try:
-                simulate(
-                    server,
-                    client_app(sessions, build, secret_inputs, scenario.seed),
-                    clients,
-                    scenario.engine,
-                )
-            finally:
-                wire.close()
-        run.timings["flower simulation"] = round(time.perf_counter() - started, 3)
-        if outcome.error is not None:
-            raise RuntimeError(f"the Flower ServerApp failed: {outcome.error}") from outcome.error
-        if len(outcome.signatures) != len(sessions):
-            raise RuntimeError("the Flower ServerApp ended before probing finished")
-
-        # 6. evaluation against the inputs only the harness knows
-        ids = np.concatenate(
-            [
-                test_partition(MNIST_TEST, users, clients, pid, scenario.seed)
-                for pid in outcome.partitions
-            ]
+        passes = sessions(self.scenario)
+        return ProbeOutput(
+            reconstructions=[
+                reconstruct(decoders[s.kind], received.signatures(k).features(stats[s.kind]))
+                for k, s in enumerate(passes)
+            ],
+            training_queries={kind: float(own[kind].queries.mean()) for kind in p.directions},
+            decoder_history=history,
+            aux_images=len(aux_x),
         )
-        truth_x, truth_y = x_test[ids], y_test[ids]
-        with run.phase("evaluation", len(sessions)) as advance:
-            judge = reference_classifier(*dataset.reference_train(), root, scenario.seed)
-            rows, pictures = [], {}
-            for k, session in enumerate(sessions):
-                sig = outcome.signatures[k]
-                recon = reconstruct(decoders[session.kind], sig.features(stats[session.kind]))
+
+    # -- 3. truth: the owners' images, known to the harness alone ----------------------
+
+    def truth(self, received: ProbeReceived) -> ProbeTruth:
+        x_test, y_test = self._dataset().images(train=False)
+        users, clients = self.scenario.deployment.users, self.scenario.deployment.clients
+        ids = np.concatenate(
+            [test_partition(MNIST_TEST, users, clients, pid, self.scenario.seed)
+             for pid in received.partitions]
+        )  # fmt: skip
+        return ProbeTruth(x=x_test[ids], y=y_test[ids], x_test=x_test, y_test=y_test)
+
+    # -- 4. evaluate -------------------------------------------------------------------
+
+    def evaluate(
+        self, received: ProbeReceived, truth: ProbeTruth, output: ProbeOutput
+    ) -> Evaluation:
+        p, scenario = self.params, self.scenario
+        model = self._served(received)
+        passes = sessions(scenario)
+        with self.run.phase("evaluation", len(passes)) as advance:
+            judge = reference_classifier(*self._dataset().reference_train(),
+                                         scenario.dataset.params.root, scenario.seed)  # fmt: skip
+            rows = []
+            for k, session in enumerate(passes):
+                sig, recon = received.signatures(k), output.reconstructions[k]
                 rows.append(
                     {
                         "directions": session.kind,
                         "defences": session.label,
-                        **image_quality(truth_x, recon),
-                        "reference_accuracy": accuracy(predict(judge, recon), truth_y),
+                        **image_quality(truth.x, recon),
+                        "reference_accuracy": accuracy(predict(judge, recon), truth.y),
                         "queries_per_input": float(sig.queries.mean()),
                         "queries_max": int(sig.queries.max()),
                         "round_trips": sig.steps,
                         "flipped": float(sig.flipped.mean()),
                         "refused": float(sig.refused.mean()),
                         "served_accuracy": served_accuracy(
-                            model, truth_x, truth_y, session.defences, scenario.seed
+                            model, truth.x, truth.y, session.defences, scenario.seed
                         ),
                     }
                 )
-                pictures[k] = recon
                 advance()
-        client_records = wire_records(run.folder / "wire.jsonl")
-        one_per_class = np.array([int(np.argmax(truth_y == c)) for c in np.unique(truth_y)])
-        common = int(np.bincount(truth_y).argmax())
+        one_per_class = np.array([int(np.argmax(truth.y == c)) for c in np.unique(truth.y)])
+        common = int(np.bincount(truth.y).argmax())
         # Style is judged without defences where the table has such sessions.
-        undefended = "none" if any(s.label == "none" for s in sessions) else sessions[0].label
-        styles = np.flatnonzero(truth_y == common)[:8]
-        return {
-            "metrics": {
-                "sessions": rows,
-                "chance": majority_rate(truth_y),
-                "targets": len(ids),
-                "served_model_test_accuracy": accuracy(predict(model, x_test), y_test),
-                "adversary": {
-                    "aux_images": len(aux_x),
-                    "directions": p.num_directions,
-                    "training_signature_queries_per_input": {
-                        kind: float(history[kind]["signatures"].queries.mean())
-                        for kind in p.directions
-                    },
-                    "decoder_history": {kind: history[kind]["decoder"] for kind in p.directions},
-                },
-                "wire": {
-                    "messages": wire.messages,
-                    "bytes_to_clients": wire.bytes["to_clients"],
-                    "bytes_from_clients": wire.bytes["from_clients"],
-                    "client_records": client_records,
-                },
+        undefended = "none" if any(s.label == "none" for s in passes) else passes[0].label
+        styles = np.flatnonzero(truth.y == common)[:8]
+        recon = output.reconstructions
+        metrics = {
+            "sessions": rows,
+            "chance": majority_rate(truth.y),
+            "targets": len(truth.y),
+            "served_model_test_accuracy": accuracy(predict(model, truth.x_test), truth.y_test),
+            "adversary": {
+                "aux_images": output.aux_images,
+                "directions": p.num_directions,
+                "training_signature_queries_per_input": output.training_queries,
+                "decoder_history": output.decoder_history,
             },
-            "plots": {
-                "originals": truth_x[one_per_class],
-                "sessions": [
-                    (f"{s.kind} / {s.label}", pictures[k][one_per_class])
-                    for k, s in enumerate(sessions)
-                ],
-                "style_class": common,
-                "style_originals": truth_x[styles],
-                "style_sessions": [
-                    (f"{s.kind} ({s.label})", pictures[k][styles])
-                    for k, s in enumerate(sessions)
-                    if s.label == undefended
-                ],
-            },
+            "wire": received.wire,
         }
+        plots = {
+            "originals": truth.x[one_per_class],
+            "sessions": [(f"{s.kind} / {s.label}", recon[k][one_per_class])
+                         for k, s in enumerate(passes)],
+            "style_class": common,
+            "style_originals": truth.x[styles],
+            "style_sessions": [(f"{s.kind} ({s.label})", recon[k][styles])
+                               for k, s in enumerate(passes) if s.label == undefended],
+        }  # fmt: skip
+        return Evaluation(metrics, plots)
 
+    def _dataset(self) -> MNIST:
+        return DATASETS.get("mnist")(self.scenario.dataset.params, self.scenario.seed, None)
 
-def defence_settings(configured: list[Plugin], compare: bool) -> list[tuple[str, list]]:
-    """The owners' defences per session: as configured first (the headline), then, to compare,
-    none and each defence alone."""
+    def _own_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """The adversary's own images: MNIST 40,000 on, disjoint from every target."""
+        x_train, y_train = self._dataset().images(train=True)
+        span = slice(ATTACKER_TRAIN[0], ATTACKER_TRAIN[0] + self.params.aux_size)
+        return x_train[span], y_train[span]
 
-    def label(specs: list[Plugin]) -> str:
-        return (
-            " + ".join(
-                f"{s.name}({', '.join(f'{k}={v}' for k, v in s.params.model_dump().items())})"
-                for s in specs
-            )
-            or "none"
-        )
+    def _served(self, received: ProbeReceived) -> torch.nn.Module:
+        model = served_network(self.scenario)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in received.served.items()})
+        return model.eval()
 
-    settings = [(label(configured), list(configured))]
-    if compare and configured:
-        settings.append(("none", []))
-        if len(configured) > 1:
-            settings += [(label([s]), [s]) for s in configured]
-    return settings
+    def _search_args(self) -> dict:
+        p = self.params
+        return {"eps_start": p.eps_start, "eps_max": p.eps_max, "tolerance": p.tolerance,
+                "max_steps": p.max_steps}  # fmt: skip
 
 
 def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> torch.nn.Module:
@@ -361,8 +382,6 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
 def cached_signatures(model, x, dirs, search_args: dict, root: str, advance):
     """The adversary's signatures of its own images, computed once per model, directions,
     images and search settings (they dominate the cost), then read from the cache."""
-    from splitsim.roles.perturbation_probe.attack import Signatures
-
     digest = hashlib.sha256()
     for v in model.state_dict().values():
         digest.update(v.numpy().tobytes())

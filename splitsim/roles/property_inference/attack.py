@@ -136,23 +136,28 @@ class Inference:
     training_rounds: int
 
 
-def infer(store: AdversaryStore, burn_in: int, c: float) -> Inference:
+def infer(
+    rounds: np.ndarray,
+    synthetic_x: np.ndarray,
+    synthetic_p: np.ndarray,
+    observed: np.ndarray,
+    burn_in: int,
+    c: float,
+) -> Inference:
     """Fit the batch-property classifier on the synthetic updates of rounds after ``burn_in``
-    and score the observed updates of the same rounds."""
-    rounds = [r for r in store.rounds() if r > burn_in]
-    if not rounds:
+    and score the observed updates of the same rounds (arrays stacked by round, as the
+    adversary reports them)."""
+    keep = [i for i, r in enumerate(rounds) if r > burn_in]
+    if not keep:
         raise ValueError(f"no observed round after the burn-in of {burn_in} rounds")
-    xs, ps, observed = [], [], []
-    for r in rounds:
-        x, p, o = store.load(r)
-        xs.append(x)
-        ps.append(p)
-        observed.append(o)
-    x_train, p_train = np.concatenate(xs), np.concatenate(ps)
+    x_train = np.concatenate([synthetic_x[i] for i in keep])
+    p_train = np.concatenate([synthetic_p[i] for i in keep])
     scaler = StandardScaler().fit(x_train)
     classifier = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(x_train), p_train)
-    scores = classifier.decision_function(scaler.transform(np.stack(observed)))
-    return Inference(rounds=rounds, scores=scores, training_rounds=len(rounds))
+    scores = classifier.decision_function(scaler.transform(np.stack([observed[i] for i in keep])))
+    return Inference(
+        rounds=[int(rounds[i]) for i in keep], scores=scores, training_rounds=len(keep)
+    )
 
 
 def auc(labels: np.ndarray, scores: np.ndarray) -> float:
