@@ -144,7 +144,9 @@ def test_inference_separates_synthetic_rounds(tmp_path):
         p = np.repeat([0, 1], 10)
         store.save_synthetic(r, rng.normal(size=(20, 12)) + 1.5 * p[:, None], p)
         store.save_observed(r, rng.normal(size=12) + 1.5 * truth[r - 1])
-    result = infer(store, burn_in=5, c=1.0)
+    report = store.report()
+    result = infer(report["rounds"], report["synthetic_x"], report["synthetic_p"],
+                   report["observed"], burn_in=5, c=1.0)  # fmt: skip
     assert result.rounds == list(range(6, 31))
     assert (result.scores[truth[5:] == 1].mean() - result.scores[truth[5:] == 0].mean()) > 1
 
@@ -176,7 +178,7 @@ def test_only_model_weights_and_counts_leave_the_participants(plain):
     sent = {
         (rec["name"], key)
         for line in lines
-        if line["sender"] != "server"
+        if line["sender"] != "server" and not line["phase"].endswith("report")
         for rec in line["records"]
         for key in rec["entries"]
     }
@@ -189,6 +191,13 @@ def test_only_model_weights_and_counts_leave_the_participants(plain):
     # every participant, the adversary included, in every round of both trainings
     uploads = [line for line in lines if line["sender"] != "server" and "train" in line["phase"]]
     assert len(uploads) == 2 * 16 * 3
+    # after each training the harness asks the adversary, and only it, for its observations
+    reports = [line for line in lines if line["phase"].endswith("report")]
+    assert [line["sender"] == "server" for line in reports] == [True, False] * 2
+    assert all(
+        a["receiver"] == b["sender"] for a, b in zip(reports[::2], reports[1::2], strict=True)
+    )
+    assert {rec["name"] for line in reports[1::2] for rec in line["records"]} == {"report"}
 
 
 def test_same_seed_same_numbers(plain, tmp_path):

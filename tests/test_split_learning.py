@@ -257,3 +257,23 @@ def test_bad_split_scenario_gets_one_line_and_exit_2(case, tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith(f"error: {path}: "), err
     assert expected in err[0], err[0]
     assert not out.exists() or not any(out.rglob("results.json"))
+
+
+def test_attack_reruns_the_inversion_from_the_recorded_traffic(runs, capsys):
+    # The server's attack consumes only what it received: re-attacking the recorded run
+    # reproduces its numbers exactly, and a stronger decoder gives other ones.
+    plain = runs["plain"]
+    assert main(["attack", str(plain)]) == 0
+    assert main(["attack", str(plain), "--set", "role.decoder=deep"]) == 0
+    same, deep = sorted((plain / "attacks").glob("2*"))
+    assert results(same)["metrics"] == results(plain)["metrics"]
+    assert results(same)["attack_of"] == str(plain.resolve())
+    stronger = results(deep)["metrics"]
+    assert stronger["attack"]["decoder"] == "deep"
+    assert stronger["leakage"] != results(plain)["metrics"]["leakage"]
+    assert stronger["utility"] == results(plain)["metrics"]["utility"]
+    assert (deep / "reconstructions.png").stat().st_size > 0
+    capsys.readouterr()
+    # a colluder's hand-over was sent during training: its size cannot change afterwards
+    assert main(["attack", str(plain), "--set", "role.aux_size=100"]) == 2
+    assert "role.aux_size" in capsys.readouterr().err

@@ -12,10 +12,9 @@ participants fail on purpose.
 Each round, a participant's ``train`` handler receives the global weights (``arrays``), trains
 on the records it holds this round and replies with its weights and ``num-examples``. Honest
 participants may defend what they upload (``update`` defences) and how they train
-(``training``: DP-SGD). The adversarial participant (the last partition) is the one described
-in attacks/property_inference.py: it trains with the multi-task loss and keeps, in its own
-storage, what it needs to infer a target's property from the next global model, which reaches it
-in the ``evaluate`` message of the same round.
+(``training``: DP-SGD). Which participant does what is the role's business
+(roles/property_inference/protocol.py); after the last round the harness may ask one
+participant for a ``report`` (a query message, wire-logged like the rest).
 """
 
 from __future__ import annotations

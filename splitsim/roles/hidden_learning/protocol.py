@@ -71,7 +71,7 @@ def official_network(scenario: Scenario, input_shape: tuple[int, ...]) -> ScoreN
 def client_app(scenario: Scenario, input_shape: tuple[int, ...]) -> ClientApp:
     app = ClientApp()
     # A module-level handler with its settings bound: Flower pickles the app for every message,
-    # and a closure would go by value (2.4 ms each; see split_training.client_app).
+    # and a closure would go by value (2.4 ms each; see model_inversion/protocol.client_app).
     app.query()(functools.partial(_handle, scenario, input_shape))
     return app
 

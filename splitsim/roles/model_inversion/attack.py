@@ -8,7 +8,7 @@ some data owners and run it through the trained attack model." The attack model 
 with the mean squared error ``min_g E_x ||g(f1(x)) - x||^2`` over the attacker's own images x
 (Appendix D: same hyper-parameters as the classifier, Adam 1e-3, batch 32), and selected on
 the attacker's validation images. How the server gets f1 and its images is Appendix A's
-(colluding data owner, or a segment obtained alone); see threats/model_inversion.py.
+(colluding data owner, or a segment obtained alone); see role.py.
 
 An *adaptive* attacker knows the data owners' payload defences (Laplace(0, b) noise, rounding,
 ...) and trains on defended tensors, e.g. ``f1(x) + n`` with fresh noise every batch, so the

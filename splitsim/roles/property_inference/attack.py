@@ -123,6 +123,20 @@ class AdversaryStore:
     def rounds(self) -> list[int]:
         return sorted(int(p.stem.split("-")[1]) for p in self.folder.glob("observed-*.npy"))
 
+    def report(self) -> dict[str, np.ndarray]:
+        """Everything observed and simulated, stacked by round: what :func:`infer` reads."""
+        rounds = self.rounds()
+        loaded = [self.load(r) for r in rounds]
+        if not loaded:
+            return {"rounds": np.zeros(0, np.int64), "synthetic_x": np.zeros((0, 0, 0)),
+                    "synthetic_p": np.zeros((0, 0)), "observed": np.zeros((0, 0))}  # fmt: skip
+        return {
+            "rounds": np.array(rounds, dtype=np.int64),
+            "synthetic_x": np.stack([x for x, _, _ in loaded]),
+            "synthetic_p": np.stack([p for _, p, _ in loaded]),
+            "observed": np.stack([o for _, _, o in loaded]),
+        }
+
     def load(self, rnd: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with np.load(self.folder / f"synthetic-{rnd}.npz") as data:
             x, p = data["x"], data["p"]

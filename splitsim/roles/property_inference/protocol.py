@@ -230,16 +230,7 @@ def _evaluate(
 
 def _report(storage: str, config: dict) -> dict[str, np.ndarray]:
     """The adversary hands the harness what it observed and simulated, per round."""
-    store = _store(storage, int(config["experiment"]))
-    rounds = store.rounds()
-    loaded = [store.load(r) for r in rounds]
-    dim = loaded[0][2].shape[0] if loaded else 0
-    return {
-        "rounds": np.array(rounds, dtype=np.int64),
-        "synthetic_x": np.stack([x for x, _, _ in loaded]) if loaded else np.zeros((0, 0, dim)),
-        "synthetic_p": np.stack([p for _, p, _ in loaded]) if loaded else np.zeros((0, 0)),
-        "observed": np.stack([o for _, _, o in loaded]) if loaded else np.zeros((0, dim)),
-    }
+    return _store(storage, int(config["experiment"])).report()
 
 
 def adversary_train(
