@@ -13,18 +13,19 @@ from splitsim.errors import ScenarioError
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def _overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=example
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m splitsim", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one scenario and write runs/<scenario>/<timestamp>/")
     run.add_argument("scenario", help="path to a scenario YAML file")
-    run.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a field, e.g. --set deployment.clients=1000 --set defences.0.scale=0.5",
+    _overrides(
+        run, "override a field, e.g. --set deployment.clients=1000 --set defences.0.scale=0.5"
     )
     run.add_argument(
         "--out", default=None, help="folder for runs (default: the scenario's output_dir)"
@@ -34,26 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         help="attack a finished run again from what it recorded as received (no Flower run)",
     )
     attack.add_argument("folder", help="a finished run folder, runs/<scenario>/<timestamp>/")
-    attack.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="change an attacker setting, e.g. --set role.decoder=deep",
-    )
+    _overrides(attack, "change an attacker setting, e.g. --set role.decoder=deep")
     compare = sub.add_parser(
         "compare", help="run a defence x attacker-role matrix; resumes where it stopped"
     )
     compare.add_argument("matrix", help="path to a matrix YAML file")
-    compare.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a matrix field, e.g. seeds=[0,1]",
-    )
+    _overrides(compare, "override a matrix field, e.g. seeds=[0,1]")
     compare.add_argument(
         "--out", default=None, help="folder (default: <output_dir>/<matrix name>/)"
     )

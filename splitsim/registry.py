@@ -55,6 +55,10 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a plugin loaded for a while, e.g. by a test)."""
+        self._entries.pop(name, None)
+
     def get(self, name: str) -> T:
         load_plugins()
         try:

@@ -371,6 +371,7 @@ def validate(data: Any, source: str) -> Scenario:
             "engine.num_cpus",
             f"a client actor cannot have more CPUs than engine.ray_cpus ({engine.ray_cpus})",
         )
+    role.check_declared(scenario, source)
     role.check(scenario, source)
     return scenario
 

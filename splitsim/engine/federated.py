@@ -31,7 +31,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
-from splitsim.engine.grid import send_and_receive
+from splitsim.engine.grid import ServerError, send_and_receive, surfaced
 from splitsim.engine.wire import WireLog
 from splitsim.scenario import Engine, Fault
 
@@ -169,7 +169,7 @@ class OrderedFedAvg(FedAvg):
 
 
 @dataclass
-class FederatedOutcome:
+class FederatedOutcome(ServerError):
     """What the honest server ended with (the harness reads it after the simulation), and the
     report the harness asked one participant for after the last round."""
 
@@ -177,7 +177,6 @@ class FederatedOutcome:
     history: list[dict[str, float]] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
     report: dict[str, np.ndarray] = field(default_factory=dict)
-    error: BaseException | None = None
 
 
 def server_app(
@@ -199,39 +198,36 @@ def server_app(
     app = ServerApp()
 
     @app.main()
+    @surfaced(outcome)
     def main(grid: Grid, context: Context) -> None:
-        try:
-            strategy = OrderedFedAvg(nodes)
-            logged = LoggedGrid(
-                grid,
-                wire,
-                on_round,
-                phase_prefix,
-                policy=engine.on_client_failure,
-                retries=engine.client_retries,
-                failures=outcome.failures,
-            )
+        strategy = OrderedFedAvg(nodes)
+        logged = LoggedGrid(
+            grid,
+            wire,
+            on_round,
+            phase_prefix,
+            policy=engine.on_client_failure,
+            retries=engine.client_retries,
+            failures=outcome.failures,
+        )
 
-            def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
-                row = {"round": float(server_round), **evaluate(record_to_arrays(arrays))}
-                outcome.history.append(row)
-                return MetricRecord(row)
+        def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+            row = {"round": float(server_round), **evaluate(record_to_arrays(arrays))}
+            outcome.history.append(row)
+            return MetricRecord(row)
 
-            result = strategy.start(
-                grid=logged,
-                timeout=engine.client_timeout_s or 3600.0,
-                initial_arrays=arrays_to_record(initial),
-                num_rounds=rounds,
-                train_config=ConfigRecord({"phase": "train", "experiment": experiment}),
-                evaluate_config=ConfigRecord({"phase": "evaluate", "experiment": experiment}),
-                evaluate_fn=central,
-            )
-            outcome.weights = record_to_arrays(result.arrays)
-            if report_from is not None:
-                outcome.report = logged.report(report_from, experiment, rounds + 1)
-        except BaseException as err:  # surfaced by the caller: Flower would only log it
-            outcome.error = err
-            raise
+        result = strategy.start(
+            grid=logged,
+            timeout=engine.client_timeout_s or 3600.0,
+            initial_arrays=arrays_to_record(initial),
+            num_rounds=rounds,
+            train_config=ConfigRecord({"phase": "train", "experiment": experiment}),
+            evaluate_config=ConfigRecord({"phase": "evaluate", "experiment": experiment}),
+            evaluate_fn=central,
+        )
+        outcome.weights = record_to_arrays(result.arrays)
+        if report_from is not None:
+            outcome.report = logged.report(report_from, experiment, rounds + 1)
 
     return app
 

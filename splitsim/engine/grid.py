@@ -3,6 +3,7 @@ awaited, waiting for nodes to register. Shared by every role's ServerApp, simula
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -64,3 +65,27 @@ def exchange(
     for start in range(0, len(messages), batch):
         for reply in send_and_receive(grid, messages[start : start + batch]):
             on_reply(reply)
+
+
+class ServerError:
+    """Where a role's ServerApp leaves the error it stopped on: Flower only logs an exception
+    raised in a ServerApp, so the harness re-raises it after the phase (``Role.flower``)."""
+
+    error: BaseException | None = None
+
+
+def surfaced(holder: ServerError) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Decorate a ServerApp's ``main`` so that its error is kept on ``holder``."""
+
+    def wrap(main: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(main)
+        def guarded(*args: object, **kwargs: object) -> None:
+            try:
+                main(*args, **kwargs)
+            except BaseException as err:
+                holder.error = err
+                raise
+
+        return guarded
+
+    return wrap

@@ -31,7 +31,6 @@ ServerApp's errors surfaced, and saving ``Received``.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import io
 import json
@@ -48,10 +47,12 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel
 
+from splitsim.engine.grid import ServerError, surfaced
 from splitsim.engine.node_state import state_root
 from splitsim.engine.simulation import simulate
 from splitsim.engine.wire import WireLog
 from splitsim.engine.wire import client_records as wire_records
+from splitsim.errors import ScenarioError
 from splitsim.registry import ROLES
 from splitsim.runs import Run, write_atomic, write_json
 from splitsim.scenario import Scenario
@@ -147,30 +148,6 @@ class Evaluation:
     plots: dict[str, Any]
 
 
-class ServerError:
-    """Where a role's ServerApp leaves the error it stopped on: Flower only logs an exception
-    raised in a ServerApp, so the harness re-raises it after the phase (``Role.flower``)."""
-
-    error: BaseException | None = None
-
-
-def surfaced(holder: ServerError) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Decorate a ServerApp's ``main`` so that its error is kept on ``holder``."""
-
-    def wrap(main: Callable[..., None]) -> Callable[..., None]:
-        @functools.wraps(main)
-        def guarded(*args: object, **kwargs: object) -> None:
-            try:
-                main(*args, **kwargs)
-            except BaseException as err:
-                holder.error = err
-                raise
-
-        return guarded
-
-    return wrap
-
-
 class Role(ABC):
     """A threat model. Subclass it in ``roles/<role>/role.py`` and decorate it with
     ``@register("<role>")``; docs/adding_a_role.md walks through a small one."""
@@ -184,6 +161,10 @@ class Role(ABC):
     #: the role's report module: ``write(folder, name, results, plots)`` and
     #: ``console_table(metrics)``
     report: ClassVar[ModuleType]
+    #: the datasets it runs on (None: any that describes what it needs)
+    datasets: ClassVar[tuple[str, ...] | None] = None
+    #: it reads the scenario's ``tasks`` (an image dataset's official and secret task)
+    uses_tasks: ClassVar[bool] = False
     #: its Received subclass, read back by ``python -m splitsim attack``
     received_type: ClassVar[type[Received]]
     #: role fields that only the attack and evaluation read: what a re-attack may change
@@ -215,8 +196,21 @@ class Role(ABC):
         return cls.attack_params
 
     @classmethod
+    def check_declared(cls, scenario: Scenario, source: str) -> None:
+        """What the declarations say: its datasets, and ``tasks`` only where it reads them."""
+        name = scenario.role.name
+        if cls.datasets is not None and scenario.dataset.name not in cls.datasets:
+            allowed = ", ".join(cls.datasets)
+            raise ScenarioError(
+                source, "dataset.name", f"role {name} runs on {allowed}; allowed: {allowed}"
+            )
+        if not cls.uses_tasks and scenario.tasks is not None:
+            raise ScenarioError(source, "tasks", f"not used by role {name}; remove it")
+
+    @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
-        """Refuse, with one ScenarioError, what the role cannot run; called by the loader."""
+        """Refuse, with one ScenarioError, what the role cannot run; called by the loader
+        after ``check_declared``."""
         return None
 
     @staticmethod
@@ -339,3 +333,7 @@ def register(name: str) -> Callable[[type[Role]], type[Role]]:
         return ROLES.register(name)(cls)
 
     return add
+
+
+__all__ = ["AttackOutput", "Evaluation", "Received", "Role", "ServerError", "Truth",
+           "deterministic", "register", "surfaced"]  # fmt: skip

@@ -97,6 +97,7 @@ class HiddenLearningSupplier(Role):
     gpu_clients = True  # engine.client_device: N_o's forward pass on the actor's GPU share
     models = {"official": "health_mlp", "secret": "secret_mlp"}
     report = report
+    uses_tasks = True
     received_type = HiddenReceived
     adaptive_override = "role.adaptive=true"
     attack_params = frozenset()  # N_s is trained before deployment: nothing to re-decide

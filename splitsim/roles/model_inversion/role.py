@@ -130,6 +130,7 @@ class ModelInversionServer(Role):
     stages = ("payload", "loss")
     models = {"split": "split_cnn"}
     report = report
+    datasets = ("mnist",)
     received_type = InversionReceived
     adaptive_override = "role.adaptive=true"
     attack_params = frozenset(
@@ -170,12 +171,6 @@ class ModelInversionServer(Role):
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
         p = scenario.role.params
-        if scenario.dataset.name != "mnist":
-            raise ScenarioError(
-                source, "dataset.name", "role model_inversion runs on mnist; allowed: mnist"
-            )
-        if scenario.tasks is not None:
-            raise ScenarioError(source, "tasks", "not used by role model_inversion; remove it")
         if p.access == "colluding" and p.aux_data != "same":
             raise ScenarioError(
                 source,

@@ -126,6 +126,7 @@ class PerturbationProber(Role):
     stages = ("input", "answer", "budget")
     models = {"served": "probe_cnn"}
     report = report
+    datasets = ("mnist",)
     received_type = ProbeReceived
     adaptive_override = None  # the adversary trains on its own undefended model
     attack_params = frozenset({"aux_size", "decoder_epochs"})
@@ -137,12 +138,6 @@ class PerturbationProber(Role):
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
         p = scenario.role.params
-        if scenario.dataset.name != "mnist":
-            raise ScenarioError(
-                source, "dataset.name", "role perturbation_probe runs on mnist; allowed: mnist"
-            )
-        if scenario.tasks is not None:
-            raise ScenarioError(source, "tasks", "not used by role perturbation_probe; remove it")
         if len(set(p.directions)) != len(p.directions):
             raise ScenarioError(source, "role.directions", "each kind at most once")
         if p.aux_size > AUX_MAX:

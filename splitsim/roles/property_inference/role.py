@@ -153,6 +153,7 @@ class PropertyInferenceParticipant(Role):
 
     models = {"federated": "feature_mlp"}
     report = report
+    datasets = ("fashion_mnist",)
     received_type = PropertyReceived
     adaptive_override = "role.adaptive=true"
     attack_params = frozenset({"burn_in", "classifier_c", "projection", "projection_points"})
@@ -179,13 +180,6 @@ class PropertyInferenceParticipant(Role):
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
         p = scenario.role.params
-        if scenario.dataset.name != "fashion_mnist":
-            raise ScenarioError(
-                source, "dataset.name", "role property_inference runs on fashion_mnist"
-            )
-        for name in ("tasks",):
-            if getattr(scenario, name) is not None:
-                raise ScenarioError(source, name, "not used by role property_inference; remove it")
         # Compared with the defaults, not "was it written": a resolved scenario (a matrix
         # cell, a run folder's scenario.yaml) spells every default out.
         if scenario.training != Training():
