@@ -85,7 +85,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     cells = expand(matrix, args.matrix)  # every cell checked before anything runs
 
     from splitsim.matrix import report
-    from splitsim.matrix.runner import run_cells
+    from splitsim.matrix.runner import lock_folder, run_cells
 
     out = Path(args.out or Path(matrix.output_dir) / matrix.name).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -94,8 +94,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
         f"[bold]{matrix.name}[/bold]: {len(cells)} cells ({na} n/a), "
         f"{len({c.id for c in cells if c.id})} to compute or read back; folder {out}"
     )
-    records = run_cells(matrix, cells, out, console)
-    table = report.write(out, matrix, cells, records)
+    with lock_folder(out):
+        records = run_cells(matrix, cells, out, console)
+        table = report.write(out, matrix, cells, records)
     failed = [r for r in table if r["status"] in ("failed", "not run")]
     console.print(f"matrix: [bold]{out / 'matrix.csv'}[/bold]; report: {out / 'report.html'}")
     if failed:
@@ -106,6 +107,9 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from splitsim.engine.simulation import telemetry_defaults
+
+    telemetry_defaults()  # before any Flower or Ray process starts
     console = Console(stderr=False)
     try:
         if args.command == "list":

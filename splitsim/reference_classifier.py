@@ -9,6 +9,7 @@ every run with the same seed scores reconstructions with the same judge.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from splitsim.models.split_cnn import ReferenceCNN
+from splitsim.runs import write_atomic
 
 EPOCHS = 3
 
@@ -43,9 +45,9 @@ def reference_classifier(
             loss.backward()
             optimizer.step()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())  # matrix cells side by side share this cache
     return model.eval()
 
 

@@ -30,9 +30,7 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, dpi=dpi, format="png")
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue())
 
 
 def pct(value: float | None) -> str:

@@ -7,10 +7,12 @@ stopped on an error. A folder without a suffix is always a finished result.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -56,12 +58,29 @@ def _clean(value: Any) -> Any:
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    """Write ``path`` so that a reader sees the old file or the new one, never part of one:
+    a temp file of a unique name in the same folder, flushed to disk, then renamed over it.
+    Two writers never share a temp file, and the last rename wins."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are for everyone who may read them
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    with contextlib.suppress(OSError):  # the rename itself, durable (not every filesystem can)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -7,6 +7,8 @@ anything runs and reported as ``<file>: <field>: <what is allowed>``.
 
 from __future__ import annotations
 
+import math
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -49,15 +51,17 @@ class Models(Strict):
 
 
 class Training(Strict):
-    epochs: int = Field(40, ge=1, description="the paper trains 40 epochs")
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    epochs: int = Field(40, ge=1, le=10_000, description="the paper trains 40 epochs")
+    batch_size: int = Field(64, ge=1, le=1_000_000)
+    lr: float = Field(1e-3, gt=0, le=10)
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
 class Deployment(Strict):
-    clients: int = Field(10, ge=1, description="Flower nodes, one partition of users each")
-    users: int = Field(2000, ge=1, description="data owners across all clients")
+    clients: int = Field(
+        10, ge=1, le=100_000, description="Flower nodes, one partition of users each"
+    )
+    users: int = Field(2000, ge=1, le=100_000_000, description="data owners across all clients")
 
 
 class Fault(Strict):
@@ -72,8 +76,8 @@ class Fault(Strict):
 
 
 class Engine(Strict):
-    num_cpus: float = Field(1.0, gt=0, description="CPU cores per client actor")
-    num_gpus: float = Field(0.0, ge=0, description="GPU fraction per client actor")
+    num_cpus: float = Field(1.0, gt=0, le=1024, description="CPU cores per client actor")
+    num_gpus: float = Field(0.0, ge=0, le=64, description="GPU fraction per client actor")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description="where the driver's training runs (supplier, split server, decoders); "
@@ -84,16 +88,18 @@ class Engine(Strict):
         description="where client apps compute: 'auto' or 'cuda' use the GPU share of an actor "
         "with num_gpus > 0 (score-sending clients, federated participants)",
     )
-    messages_per_batch: int = Field(100, ge=1, description="messages per send_and_receive call")
+    messages_per_batch: int = Field(
+        100, ge=1, le=100_000, description="messages per send_and_receive call"
+    )
     ray_cpus: int | None = Field(
         None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
     )
     on_client_failure: Literal["skip", "retry"] = Field(
         "skip", description="a failed or timed-out client call: skip it (recorded), or retry"
     )
-    client_retries: int = Field(2, ge=1, description="retries per call under 'retry'")
+    client_retries: int = Field(2, ge=1, le=100, description="retries per call under 'retry'")
     client_timeout_s: float | None = Field(
-        None, gt=0, description="seconds the server waits for a round's replies"
+        None, gt=0, le=86_400, description="seconds the server waits for a round's replies"
     )
     faults: list[Fault] = Field([], description="simulated client failures")
     ray_address: str | None = Field(
@@ -131,10 +137,29 @@ class Tasks(Strict):
         return check(name)
 
 
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def folder_name(name: str) -> str:
+    """A run's name is a folder under the output folder: it may not leave it."""
+    if name and not NAME.fullmatch(name):
+        raise ValueError(
+            "a folder name: letters, digits, '.', '_' and '-', at most 100, starting with a "
+            "letter or digit"
+        )
+    return name
+
+
+def name_from_file(source: str) -> str:
+    """The default name: the file's stem, in the characters a folder name allows."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem).lstrip(".-_")[:100]
+    return stem or "scenario"
+
+
 class Scenario(Strict):
     name: str = ""
     description: str = ""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, lt=2**32)
     dataset: Plugin
     role: Plugin
     tasks: Tasks | None = None
@@ -144,6 +169,11 @@ class Scenario(Strict):
     defences: list[Plugin] = []
     engine: Engine = Engine()
     output_dir: str = "runs"
+
+    @field_validator("name")
+    @classmethod
+    def _folder(cls, name: str) -> str:
+        return folder_name(name)
 
     def resolved(self) -> dict[str, Any]:
         """Every field with its default filled in, as plain YAML-able data."""
@@ -260,6 +290,8 @@ def _pydantic_error(
     message = first["msg"].removeprefix("Value error, ")
     got = first.get("input")
     shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
     return ScenarioError(source, field, f"{message} (got {shown})")
 
 
@@ -291,12 +323,13 @@ def validate(data: Any, source: str) -> Scenario:
 
     if not isinstance(data, dict):
         raise ScenarioError(source, "", "a scenario must be a YAML mapping of fields")
+    check_values(data, source)
     try:
         scenario = Scenario.model_validate(data)
     except ValidationError as err:
         raise _pydantic_error(err, source, Scenario) from None
     if not scenario.name:
-        scenario.name = Path(source).stem
+        scenario.name = name_from_file(source)
     _bind(scenario.dataset, DATASETS, ("dataset",), source)
     _bind(scenario.role, ROLES, ("role",), source)
     role = ROLES.get(scenario.role.name)
@@ -376,21 +409,99 @@ def validate(data: Any, source: str) -> Scenario:
     return scenario
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 64
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: object, mark: yaml.Mark | None) -> None:
+        super().__init__(f"{key} appears twice")
+        self.key = key
+        self.problem_mark = mark
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: set = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key: the constructor below says so
+            break
+        if duplicate:
+            raise _DuplicateKey(key, key_node.start_mark)
+        seen.add(key)
+    return yaml.constructor.SafeConstructor.construct_mapping(loader, node, deep=deep)
+
+
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """YAML's safe loader (libyaml's when installed: a large file is refused in moments, not
+    parsed for a minute), refusing a key given twice instead of keeping the last."""
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def read_yaml(path: str | Path, what: str = "scenario") -> Any:
+    """A scenario or matrix file as data, or one ScenarioError: missing, too large, not text,
+    not YAML, a key twice, nested too deeply."""
     source = str(path)
     try:
-        text = Path(path).read_text()
+        size = Path(path).stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ScenarioError(
+                source, "", f"a {what} file is at most 1 MiB (this one: {size:,} bytes)"
+            )
+        raw = Path(path).read_bytes()
     except FileNotFoundError:
-        raise ScenarioError(source, "", "no such scenario file") from None
+        raise ScenarioError(source, "", f"no such {what} file") from None
+    except IsADirectoryError:
+        raise ScenarioError(source, "", f"a folder, not a {what} file") from None
     except OSError as err:
         raise ScenarioError(source, "", f"cannot read the file ({err.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ScenarioError(
+            source, "", f"not a text file (invalid UTF-8 at byte {err.start}); a {what} is YAML"
+        ) from None
+    if "\x00" in text:
+        raise ScenarioError(source, "", f"not a text file (a NUL byte); a {what} is YAML")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
+    except _DuplicateKey as err:
+        line = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        raise ScenarioError(
+            source, f"{line}{err.key}", "appears twice; give each key once"
+        ) from None
+    except RecursionError:
+        raise ScenarioError(source, "", f"nested too deeply (at most {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise ScenarioError(source, where, f"invalid YAML: {problem}") from None
+
+
+def check_values(data: Any, source: str) -> None:
+    """Every number finite, and no deeper than ``MAX_DEPTH`` levels: an infinite learning
+    rate or noise scale is refused here, not discovered when training has started."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    while stack:
+        node, where = stack.pop()
+        if len(where) > MAX_DEPTH:
+            raise ScenarioError(source, "", f"nested too deeply (at most {MAX_DEPTH} levels)")
+        if isinstance(node, float) and not math.isfinite(node):
+            raise ScenarioError(source, _dotted(where), f"must be a finite number (got {node})")
+        if isinstance(node, dict):
+            stack += [(v, (*where, k)) for k, v in node.items()]
+        elif isinstance(node, list):
+            stack += [(v, (*where, i)) for i, v in enumerate(node)]
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    source = str(path)
+    data = read_yaml(path)
     if data is None:
         data = {}
     for expr in overrides or []:

@@ -120,11 +120,18 @@ def test_failing_participants_are_retried_or_skipped_and_recorded(tmp_path):
                for f in m["failures"])  # fmt: skip
     # FedAvg went on with whoever answered: round 3 aggregated two uploads of three
     lines = [json.loads(x) for x in (results.parent / "wire.jsonl").read_text().splitlines()]
-    uploads = {}
+    uploads, errors = {}, []
     for line in lines:
         if line["sender"] != "server" and line["phase"].endswith("train"):
-            uploads[line["round"]] = uploads.get(line["round"], 0) + 1
+            if "error" in line:
+                errors.append(line["round"])
+            else:
+                uploads[line["round"]] = uploads.get(line["round"], 0) + 1
     assert uploads == {1: 3, 2: 3, 3: 2, 4: 3}
+    # every failed try is in the wire log too, with its reason and nothing else
+    assert errors == [2, 3, 3, 3]
+    assert all("failed in round" in line["error"] and line["records"] == []
+               for line in lines if "error" in line)  # fmt: skip
     assert m["attackers"][0]["scored_rounds"] == 3
 
 

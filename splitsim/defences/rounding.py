@@ -22,7 +22,7 @@ class Rounding(Defence):
     stage = "payload"
 
     class Params(DefenceParams):
-        decimals: int = Field(ge=0, description="decimals kept")
+        decimals: int = Field(ge=0, le=12, description="decimals kept (float32 holds about 7)")
 
     def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         return np.round(values, self.params.decimals).astype(values.dtype)

@@ -72,8 +72,8 @@ class LoggedGrid:
         got: dict[int, Message] = {}
         for reply in send_and_receive(self._grid, messages, timeout=timeout):
             got[reply.metadata.src_node_id] = reply
+            self._wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
             if not reply.has_error():
-                self._wire.from_node(rnd, phase, reply)
                 self._partition[reply.metadata.src_node_id] = int(
                     reply.content["metrics"]["partition"]
                 )
@@ -89,10 +89,11 @@ class LoggedGrid:
         phase = self._prefix + "report"
         self._wire.to_node(rnd, phase, node, msg.content)
         replies = send_and_receive(self._grid, [msg])
+        if replies:
+            self._wire.from_node(rnd, phase, replies[0])
         if not replies or replies[0].has_error():
             reason = replies[0].error.reason if replies else "no reply"
             raise RuntimeError(f"participant {partition} did not report: {reason}")
-        self._wire.from_node(rnd, phase, replies[0])
         return record_to_arrays(replies[0].content["report"])
 
     def send_and_receive(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
+from collections.abc import MutableMapping
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -30,6 +32,30 @@ def backend_config(engine: Engine) -> dict:
     }
 
 
+def telemetry_defaults(env: MutableMapping[str, str] | None = None) -> None:
+    """Flower's telemetry and Ray's usage statistics off, unless the user set them: every
+    process splitsim starts inherits this environment."""
+    env = os.environ if env is None else env
+    env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+def local_only_ray(env: MutableMapping[str, str] | None = None) -> None:
+    """A local Ray listens on loopback only. Ray binds its servers (GCS, raylet, workers,
+    agents) to the node's IP, which on Linux is the machine's outward address unless Ray's
+    local-only mode is on (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``: the node IP is then
+    127.0.0.1; measured with ray 2.55, tests/test_hardening.py checks it). Read by Ray when it
+    is imported, so this runs before; a user's own setting is kept."""
+    env = os.environ if env is None else env
+    env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    if "ray" in sys.modules and env is os.environ:  # imported already: tell it too
+        from ray._private import ray_constants
+
+        ray_constants.ENABLE_RAY_CLUSTER = env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] not in (
+            "0", "false", "False"
+        )  # fmt: skip
+
+
 def quiet_flower() -> None:
     """Flower and Ray log every round at INFO and warn that run_simulation is deprecated (it
     still is the in-process simulation entry point in flwr 1.41); our progress bars replace
@@ -48,6 +74,9 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
     if (host := hosting.current()) is not None:
         host.serve(server_app, nodes)  # each SuperNode builds its own ClientApp
         return
+    telemetry_defaults()
+    if engine.ray_address is None:
+        local_only_ray()
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 
     quiet_flower()

@@ -43,6 +43,7 @@ class WireLog:
         self._lock = threading.Lock()
         self._file = path.open("a", buffering=1)
         self.messages = 0
+        self.errors = 0
         self.bytes = {"to_clients": 0, "from_clients": 0}
 
     def log(
@@ -69,7 +70,17 @@ class WireLog:
         )
 
     def from_node(self, round: int, phase: str, reply: Message) -> None:
+        """A reply, or an error reply (its reason, and no records: nothing else came)."""
         node = reply.metadata.src_node_id
+        if reply.has_error():
+            line = {"round": round, "phase": phase, "sender": f"node:{node}",
+                    "receiver": "server", "records": [], "bytes": 0,
+                    "error": (reply.error.reason or "").strip()[-300:]}  # fmt: skip
+            with self._lock:
+                self._file.write(json.dumps(line) + "\n")
+                self.messages += 1
+                self.errors += 1
+            return
         self.log(
             round=round,
             phase=phase,

@@ -17,18 +17,22 @@ error and tried again on the next run.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from splitsim.errors import ScenarioError
 from splitsim.matrix.spec import Cell, Matrix
 from splitsim.runs import write_atomic, write_json
 
@@ -37,9 +41,12 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def _child_env(cpus: int) -> dict[str, str]:
-    # A Ray worker's environment points at the matrix's runtime; the cell must start its own.
+def _child_env(cpus: int, user_ray: dict[str, str]) -> dict[str, str]:
+    """A Ray worker's environment points at the matrix's runtime, and the cell must start its
+    own: Ray's variables are replaced by the user's own (their opt-outs and settings, captured
+    in the driver), less the address of a cluster."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({k: v for k, v in user_ray.items() if k != "RAY_ADDRESS"})
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(cpus)
     env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
@@ -52,7 +59,9 @@ def _last_line(text: str) -> str:
     return (errors or lines or ["no output"])[-1][:500]
 
 
-def execute_cell(cell_id: str, role: str, scenario: dict, out: str, cpus: int) -> dict:
+def execute_cell(
+    cell_id: str, role: str, scenario: dict, out: str, cpus: int, user_ray: dict[str, str]
+) -> dict:
     """Run one cell to completion (in a Ray task) and write its record; returns the record."""
     from splitsim.registry import ROLES
 
@@ -70,7 +79,7 @@ def execute_cell(cell_id: str, role: str, scenario: dict, out: str, cpus: int) -
             cmd,
             stdout=handle,
             stderr=subprocess.STDOUT,
-            env=_child_env(cpus),
+            env=_child_env(cpus, user_ray),
             preexec_fn=_die_with_parent,
         )
     wall = round(time.perf_counter() - started, 1)
@@ -96,10 +105,47 @@ def execute_cell(cell_id: str, role: str, scenario: dict, out: str, cpus: int) -
 
 
 def read_back(out: Path, cell_id: str) -> dict | None:
+    """A finished cell's record, if it is whole and says what it should: an unreadable,
+    truncated or foreign record is run again, never trusted."""
     path = out / "cells" / f"{cell_id}.json"
-    if not path.exists():
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
-    return json.loads(path.read_text())
+    if not isinstance(record, dict) or record.get("status") != "ok" or record.get("id") != cell_id:
+        return None
+    folder = record.get("run_folder")
+    if not isinstance(record.get("summary"), dict) or not isinstance(folder, str):
+        return None
+    if Path(folder).is_absolute() or ".." in Path(folder).parts:
+        return None
+    return record if (out / folder / "results.json").is_file() else None
+
+
+class FolderInUse(ScenarioError):
+    """Another ``compare`` holds the folder."""
+
+
+@contextmanager
+def lock_folder(out: Path) -> Iterator[None]:
+    """One comparison per folder at a time: two would run the same cells and race on them."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / ".compare.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FolderInUse(
+            str(out), "", f"in use by another compare (pid {holder}); wait for it, or --out another"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) -> dict[str, dict]:
@@ -117,9 +163,13 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
             todo[cell.id] = cell
     if not todo:
         return records
-    import ray
+    from splitsim.engine.simulation import local_only_ray, quiet_flower, telemetry_defaults
 
-    from splitsim.engine.simulation import quiet_flower
+    telemetry_defaults()
+    if matrix.ray_address is None:
+        local_only_ray()
+    user_ray = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
+    import ray
 
     quiet_flower()
     started_here = not ray.is_initialized()
@@ -165,8 +215,9 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
                 while queue and len(running) < workers:
                     cell = queue.pop(0)
                     ref = task.remote(
-                        cell.id, cell.role, cell.scenario, str(out), matrix.cpus_per_cell
-                    )
+                        cell.id, cell.role, cell.scenario, str(out), matrix.cpus_per_cell,
+                        user_ray,
+                    )  # fmt: skip
                     running[ref] = cell
                 show()
                 ready, _ = ray.wait(list(running), num_returns=1)

@@ -11,6 +11,7 @@ one line naming the file and the field, exit 2.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import re
@@ -18,12 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from splitsim.errors import ScenarioError
 from splitsim.registry import DEFENCES, ROLES
-from splitsim.scenario import Plugin, _pydantic_error, apply_override, validate
+from splitsim.scenario import (
+    Plugin,
+    _pydantic_error,
+    apply_override,
+    check_values,
+    folder_name,
+    name_from_file,
+    read_yaml,
+    validate,
+)
 
 Attacker = Literal["non_adaptive", "adaptive"]
 
@@ -44,6 +53,12 @@ class DefenceEntry(Strict):
 
 class Matrix(Strict):
     name: str = ""
+
+    @field_validator("name")
+    @classmethod
+    def _folder(cls, name: str) -> str:
+        return folder_name(name)
+
     description: str = ""
     roles: list[RoleEntry] = Field(min_length=1)
     defences: list[DefenceEntry] = Field(min_length=1)
@@ -101,26 +116,32 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1)
+def code_digest() -> str:
+    """A digest of the package's code: a cell computed by other code is computed again."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parents[1]
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def cell_id(scenario: dict) -> str:
-    """Content hash of what the cell computes (its name and output folder excluded)."""
+    """Content hash of what the cell computes (its name and output folder excluded), and of
+    the code that computes it."""
     body = {k: v for k, v in scenario.items() if k not in ("name", "description", "output_dir")}
+    body["splitsim code"] = code_digest()
     text = json.dumps(_without_nulls(body), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     source = str(path)
-    try:
-        data = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ScenarioError(source, "", "no such matrix file") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        raise ScenarioError(
-            source, f"line {mark.line + 1}" if mark else "", f"invalid YAML: {err}"
-        ) from None
+    data = read_yaml(path, "matrix")
     if not isinstance(data, dict):
         raise ScenarioError(source, "", "a matrix must be a YAML mapping of fields")
+    check_values(data, source)
     for expr in overrides or []:
         apply_override(data, expr, source)
     try:
@@ -128,7 +149,7 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     except ValidationError as err:
         raise _pydantic_error(err, source, Matrix) from None
     if not matrix.name:
-        matrix.name = Path(source).stem
+        matrix.name = name_from_file(source)
 
     labels = [d.label for d in matrix.defences]
     for i, label in enumerate(labels):
@@ -162,10 +183,9 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
 def _role_base(entry: RoleEntry, i: int, matrix_path: Path, source: str) -> dict:
     """The role's scenario mapping with the entry's overrides, checked with no defence."""
     path = (matrix_path.parent / entry.scenario).resolve()
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except FileNotFoundError:
-        raise ScenarioError(source, f"roles.{i}.scenario", f"no such file {path}") from None
+    if not path.is_file():
+        raise ScenarioError(source, f"roles.{i}.scenario", f"no such file {path}")
+    data = read_yaml(path) or {}
     for expr in entry.set:
         apply_override(data, expr, f"{source} roles.{i}.set")
     data["defences"] = []

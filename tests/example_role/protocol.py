@@ -61,9 +61,9 @@ def server_app(nodes: int, wire: WireLog, got: Averages) -> ServerApp:
             wire.to_node(1, "average", node, content)
             messages.append(Message(content, dst_node_id=node, message_type="query"))
         for reply in send_and_receive(grid, messages):
+            wire.from_node(1, "average", reply)  # error replies too
             if reply.has_error():
                 raise RuntimeError(f"an owner failed: {reply.error.reason}")
-            wire.from_node(1, "average", reply)
             pid = int(reply.content["meta"]["partition"])
             got.means[pid] = record_to_arrays(reply.content["payload"])["mean"]
 

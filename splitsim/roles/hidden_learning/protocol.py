@@ -140,12 +140,12 @@ def server_app(
 
         def logged(reply: Message) -> None:
             node = reply.metadata.src_node_id
+            wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
             if reply.has_error():
                 received.failures.append(
                     {"node": node, "phase": phase, "error": reply.error.reason}
                 )
             else:
-                wire.from_node(rnd, phase, reply)
                 handle(reply)
             on_reply(phase)
 

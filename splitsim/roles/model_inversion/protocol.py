@@ -244,9 +244,9 @@ def server_app(
         replies: dict[int, Message] = {}
         for reply in send_and_receive(grid, messages):
             node = reply.metadata.src_node_id
+            wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
             if reply.has_error():
                 raise RuntimeError(f"node {node} failed in {phase}: {reply.error.reason}")
-            wire.from_node(rnd, phase, reply)
             replies[pid_of.get(node, -1)] = reply
         outcome.round_trips += 1
         return replies

@@ -194,9 +194,9 @@ def server_app(
         replies: dict[int, Message] = {}
 
         def keep(reply: Message) -> None:
+            wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
             if reply.has_error():
                 raise RuntimeError(f"data owner {reply.metadata.src_node_id}: {reply.error.reason}")
-            wire.from_node(rnd, phase, reply)
             replies[reply.metadata.src_node_id] = reply
 
         exchange(grid, messages, len(messages), keep)

@@ -21,6 +21,7 @@ Phases, in the order they run (papers/004, sections 2-3):
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +56,7 @@ from splitsim.roles.perturbation_probe.protocol import (
     server_app,
     sessions,
 )
+from splitsim.runs import write_atomic
 from splitsim.scenario import Scenario
 
 
@@ -368,9 +370,9 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
             optimiser.step()
         advance()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(model.state_dict(), tmp)
-    tmp.replace(path)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())
     return model.eval()
 
 
@@ -385,7 +387,7 @@ def cached_signatures(model, x, dirs, search_args: dict, root: str, advance):
     digest.update(repr(sorted(search_args.items())).encode())
     path = Path(root) / "splitsim-cache" / f"probe_signatures_{digest.hexdigest()[:16]}.npz"
     if path.exists():
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             advance(n=search_args["max_steps"])
             return Signatures(f["eps"], f["flipped"], f["refused"], f["queries"], int(f["steps"]))
     steps = [0]
@@ -397,10 +399,10 @@ def cached_signatures(model, x, dirs, search_args: dict, root: str, advance):
     sig = search(local_oracle(model, x, dirs), len(x), len(dirs), on_step=on_step, **search_args)
     advance(n=search_args["max_steps"] - steps[0])
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, eps=sig.eps, flipped=sig.flipped, refused=sig.refused, queries=sig.queries,
+    buffer = io.BytesIO()
+    np.savez(buffer, eps=sig.eps, flipped=sig.flipped, refused=sig.refused, queries=sig.queries,
              steps=sig.steps)  # fmt: skip
-    tmp.replace(path)
+    write_atomic(path, buffer.getvalue())
     return sig
 
 

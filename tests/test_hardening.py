@@ -1,0 +1,197 @@
+"""What splitsim starts is no open door, and its files are never half written.
+
+- A run's processes (the driver, Ray's GCS and raylet, the client actors) listen on loopback
+  only; telemetry is off unless the user turns it on.
+- ``write_atomic`` under two concurrent writers and a reader: no torn file, no lost write.
+- A run name cannot leave the output folder; a second ``compare`` on a folder in use is refused.
+- Malformed scenarios: one line, exit code 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import yaml
+
+from splitsim.cli import main
+from splitsim.runs import write_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+COVID = ROOT / "scenarios" / "hidden_covid_app.yaml"
+SMALL = ["dataset.train_records=500", "dataset.test_records=200", "training.epochs=1",
+         "deployment.clients=2", "deployment.users=40"]  # fmt: skip
+
+
+def _listeners(root: psutil.Process) -> list[tuple[str, int, str]]:
+    found = []
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    found.append((conn.laddr.ip, conn.laddr.port, proc.name()))
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def test_a_run_listens_on_loopback_only_and_sends_no_telemetry(tmp_path):
+    args = [sys.executable, "-m", "splitsim", "run", str(COVID), "--out", str(tmp_path / "r")]
+    for expr in SMALL:
+        args += ["--set", expr]
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_USAGE_STATS_ENABLED", "FLWR_TELEMETRY_ENABLED")}  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    root = psutil.Process(proc.pid)
+    seen: set[tuple[str, int, str]] = set()
+    envs: dict[int, dict] = {}
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        seen.update(_listeners(root))
+        for child in root.children(recursive=True):
+            if child.pid not in envs:
+                try:
+                    envs[child.pid] = child.environ()
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    pass
+        time.sleep(0.5)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read().decode()[-2000:]
+    assert any(port for _, port, _ in seen), "no listener seen: the check saw nothing"
+    open_doors = [s for s in seen if not _loopback(s[0])]
+    assert not open_doors, f"listening beyond loopback: {sorted(open_doors)}"
+    assert envs and all(e.get("RAY_USAGE_STATS_ENABLED") == "0" for e in envs.values())
+    assert all(e.get("FLWR_TELEMETRY_ENABLED") == "0" for e in envs.values())
+
+
+def _loopback(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if ip.version == 6 and ip.ipv4_mapped is not None:  # ::ffff:127.0.0.1
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def test_the_listener_check_would_catch_an_open_door():
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("::ffff:127.0.0.1")
+    assert not _loopback("0.0.0.0") and not _loopback("::") and not _loopback("192.0.2.2")
+
+
+def test_a_users_own_telemetry_setting_is_kept():
+    from splitsim.engine.simulation import telemetry_defaults
+
+    env = {"RAY_USAGE_STATS_ENABLED": "1"}
+    telemetry_defaults(env)
+    assert env == {"RAY_USAGE_STATS_ENABLED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
+
+
+def _writer(path: str, tag: int, n: int) -> int:
+    errors = 0
+    for i in range(n):
+        body = json.dumps({"writer": tag, "i": i, "pad": "x" * (2000 + 37 * (i % 50))})
+        try:
+            write_atomic(Path(path), body)
+        except OSError:
+            errors += 1
+    return errors
+
+
+def test_write_atomic_under_two_writers_and_a_reader(tmp_path):
+    target = tmp_path / "cell.json"
+    write_atomic(target, json.dumps({"writer": -1, "i": -1, "pad": ""}))
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(2) as pool:
+        pending = [pool.apply_async(_writer, (str(target), tag, 500)) for tag in (0, 1)]
+        torn = reads = 0
+        while not all(p.ready() for p in pending) or reads < 1500:
+            try:
+                json.loads(target.read_text())
+            except json.JSONDecodeError:
+                torn += 1
+            reads += 1
+        errors = [p.get() for p in pending]
+    assert errors == [0, 0] and torn == 0 and reads >= 1500
+    assert [p.name for p in tmp_path.iterdir()] == ["cell.json"]  # no temp file left behind
+    assert oct(target.stat().st_mode & 0o777) == "0o644"
+
+
+@pytest.mark.parametrize("name", ["../elsewhere", "/tmp/abs", "a/b", ".hidden", "x" * 300])
+def test_a_run_name_cannot_leave_the_output_folder(tmp_path, capsys, name):
+    out = tmp_path / "runs"
+    args = ["run", str(COVID), "--out", str(out), "--set", f"name={name}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ": name: " in err[0] and "letters, digits" in err[0]
+    assert not out.exists() and not (tmp_path / "elsewhere").exists()
+
+
+def test_a_second_compare_on_a_folder_in_use_is_refused(tmp_path, capsys):
+    from splitsim.matrix.runner import FolderInUse, lock_folder
+
+    with lock_folder(tmp_path):
+        with pytest.raises(FolderInUse, match="in use by another compare"):
+            with lock_folder(tmp_path):
+                pass
+    with lock_folder(tmp_path):  # released: usable again
+        pass
+
+
+def _scenario(tmp_path: Path, text: str | bytes) -> Path:
+    path = tmp_path / "bad.yaml"
+    if isinstance(text, bytes):
+        path.write_bytes(text)
+    else:
+        path.write_text(text)
+    return path
+
+
+GOOD = COVID.read_text()
+BAD = {
+    "binary": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe",
+    "invalid_utf8": b"name: caf\xe9\n",
+    "deep": "a: " + "[" * 5000 + "]" * 5000 + "\n",
+    "duplicate_key": GOOD + "seed: 3\nseed: 4\n",
+    "huge": "# " + "x" * (2 * 1024 * 1024) + "\n" + GOOD,
+    "inf_lr": GOOD.replace("lr: 0.001", "lr: .inf"),
+    "nan_scale": GOOD.replace("defences: []", "defences: [{name: laplace, scale: .nan}]"),
+    "inf_cpus": GOOD.replace("num_cpus: 1", "num_cpus: .inf"),
+    "huge_decimals": GOOD.replace("defences: []", "defences: [{name: rounding, decimals: 1e20}]"),
+    "billion_clients": GOOD.replace("clients: 10 ", "clients: 1000000000 "),
+    "long_name": GOOD.replace("name: hidden_covid_app", "name: " + "n" * 300),
+}
+WHERE = {
+    "binary": "not a text file",
+    "invalid_utf8": "not a text file",
+    "deep": "nested too deeply",
+    "duplicate_key": "seed: appears twice",
+    "huge": "at most 1 MiB",
+    "inf_lr": "training.lr: must be a finite number",
+    "nan_scale": "defences.0.scale: must be a finite number",
+    "inf_cpus": "engine.num_cpus: must be a finite number",
+    "huge_decimals": "defences.0.decimals",
+    "billion_clients": "deployment.clients",
+    "long_name": ": name: ",
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_scenarios_get_one_line_and_exit_2(tmp_path, capsys, case):
+    path = _scenario(tmp_path, BAD[case])
+    started = time.monotonic()
+    assert main(["run", str(path), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert WHERE[case] in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "r").exists()
+    assert time.monotonic() - started < 10
+
+
+def test_the_malformed_corpus_starts_from_a_good_file(tmp_path):
+    data = yaml.safe_load(GOOD)
+    assert data["training"]["lr"] == 0.001 and data["deployment"]["clients"] == 10
