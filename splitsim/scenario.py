@@ -70,7 +70,11 @@ class Fault(Strict):
 
     partition: int = Field(ge=0)
     rounds: list[int] = Field(min_length=1)
-    phase: Literal["train", "evaluate"] = "train"
+    phase: Literal["train", "evaluate", "install", "collect"] = Field(
+        "train",
+        description="federated training: train or evaluate; a supplier's deployment: install "
+        "or collect",
+    )
     kind: Literal["raise", "hang"] = "raise"
     attempts: int = Field(1, ge=1, description="consecutive tries that fail")
 
@@ -94,12 +98,18 @@ class Engine(Strict):
     ray_cpus: int | None = Field(
         None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
     )
-    on_client_failure: Literal["skip", "retry"] = Field(
-        "skip", description="a failed or timed-out client call: skip it (recorded), or retry"
+    on_client_failure: Literal["skip", "retry", "fail"] = Field(
+        "skip",
+        description="a failed or timed-out client call: skip it (recorded), retry it, or "
+        "fail the run",
     )
     client_retries: int = Field(2, ge=1, le=100, description="retries per call under 'retry'")
     client_timeout_s: float | None = Field(
-        None, gt=0, le=86_400, description="seconds the server waits for a round's replies"
+        None,
+        gt=0,
+        le=86_400,
+        description="seconds the server waits for one exchange's replies (default: 600); a "
+        "role that cannot go on without a client stops with its name",
     )
     faults: list[Fault] = Field([], description="simulated client failures")
     ray_address: str | None = Field(
@@ -371,7 +381,7 @@ def validate(data: Any, source: str) -> Scenario:
             "every client holds one or more users",
         )
     engine = scenario.engine
-    for key in ("faults", "on_client_failure", "client_timeout_s"):
+    for key in ("faults", "on_client_failure"):
         if getattr(engine, key) != Engine.model_fields[key].default:
             _needs_role_flag(
                 scenario, role, "fault_tolerant", key, "does not handle client failures", source

@@ -195,3 +195,48 @@ def test_malformed_scenarios_get_one_line_and_exit_2(tmp_path, capsys, case):
 def test_the_malformed_corpus_starts_from_a_good_file(tmp_path):
     data = yaml.safe_load(GOOD)
     assert data["training"]["lr"] == 0.001 and data["deployment"]["clients"] == 10
+
+
+def _covid(out: Path, *extra: str) -> dict:
+    args = ["run", str(COVID), "--out", str(out)]
+    for expr in [*SMALL, *extra]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (results,) = out.rglob("results.json")
+    return json.loads(results.read_text())["metrics"]
+
+
+def test_a_failing_data_owner_is_retried_skipped_or_ends_the_run(tmp_path, capsys):
+    plain = _covid(tmp_path / "plain")
+    once = "engine.faults=[{partition: 1, rounds: [2], phase: collect}]"
+    retried = _covid(tmp_path / "retried", once, "engine.on_client_failure=retry")
+    # the retry answers as the first try would have: the same numbers, one failure recorded
+    assert retried["deployment"]["secrets"] == plain["deployment"]["secrets"]
+    assert retried["deployment"]["users"] == plain["deployment"]["users"] == 40
+    (failure,) = retried["deployment"]["failures"]
+    assert (failure["phase"], failure["attempt"], failure["action"]) == ("collect", 1, "retried")
+    assert "participant 1 failed in round 2" in failure["error"]
+    always = "engine.faults=[{partition: 1, rounds: [1], phase: install, attempts: 9}]"
+    skipped = _covid(tmp_path / "skipped", always)
+    assert skipped["deployment"]["users"] == 20  # the other owner's 20 phones
+    assert [f["action"] for f in skipped["deployment"]["failures"]] == ["skipped"]
+    # a wire line for the failed try, with its reason and nothing else
+    wire = [json.loads(x) for x in next((tmp_path / "skipped").rglob("wire.jsonl")).open()]
+    assert [w["phase"] for w in wire if "error" in w] == ["install"]
+    capsys.readouterr()
+    args = ["run", str(COVID), "--out", str(tmp_path / "fail")]
+    for expr in [*SMALL, once, "engine.on_client_failure=fail"]:
+        args += ["--set", expr]
+    with pytest.raises(RuntimeError, match="failed in collect"):
+        main(args)
+    assert list((tmp_path / "fail").rglob("*.failed"))
+
+
+def test_a_silent_data_owner_does_not_hang_the_run(tmp_path):
+    # Owner 0 answers its collect query 45 s late; the server waits 25 s (long enough for the
+    # install round, which starts the Ray actors) and goes on with the owner that answered.
+    hang = "engine.faults=[{partition: 0, rounds: [2], phase: collect, kind: hang}]"
+    m = _covid(tmp_path, hang, "engine.client_timeout_s=25")
+    (failure,) = m["deployment"]["failures"]
+    assert failure["error"] == "no reply within 25 s" and failure["action"] == "skipped"
+    assert failure["phase"] == "collect" and m["deployment"]["users"] == 20

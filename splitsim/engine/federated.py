@@ -19,7 +19,6 @@ participant for a ``report`` (a query message, wire-logged like the rest).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
+from splitsim.engine.faults import maybe_fail
 from splitsim.engine.grid import ServerError, send_and_receive, surfaced
 from splitsim.engine.wire import WireLog
 from splitsim.scenario import Engine, Fault
@@ -116,6 +116,8 @@ class LoggedGrid:
                     done[node] = reply
                     continue
                 reason = reply.error.reason if reply is not None else "no reply before timeout"
+                if self._policy == "fail":
+                    raise RuntimeError(f"node {node} failed in {phase}, round {rnd}: {reason}")
                 last = self._policy == "skip" or attempt >= self._retries
                 self.failures.append(
                     {
@@ -256,7 +258,7 @@ def client_app(
         config = dict(msg.content["config"])
         rnd = int(config["server-round"])
         if faults:
-            _maybe_fail(faults, pid, rnd, msg.metadata.message_type, Path(storage or "."))
+            maybe_fail(faults, pid, rnd, msg.metadata.message_type, Path(storage or "."))
         weights, metrics = handler(pid, rnd, record_to_arrays(msg.content["arrays"]), config)
         content = RecordDict({"metrics": MetricRecord({**metrics, "partition": pid})})
         if with_arrays:
@@ -280,27 +282,3 @@ def client_app(
         return Message(content, reply_to=msg)
 
     return app
-
-
-class SimulatedFault(RuntimeError):
-    """A participant failure the scenario asked for (``engine.faults``)."""
-
-
-def _maybe_fail(faults: list[Fault], pid: int, rnd: int, phase: str, storage: Path) -> None:
-    for fault in faults:
-        if fault.partition != pid or rnd not in fault.rounds or fault.phase != phase:
-            continue
-        # Tries are counted in the participant's storage: Flower drops a node's context.state
-        # changes when its ClientApp raises, and a retry may run in another Ray actor.
-        counter = storage / f"tries-{pid}-{phase}-{rnd}"
-        count = (int(counter.read_text()) if counter.exists() else 0) + 1
-        counter.write_text(str(count))
-        if count > fault.attempts:
-            return
-        if fault.kind == "hang":
-            time.sleep(HANG_S)
-            return
-        raise SimulatedFault(f"participant {pid} failed in round {rnd} ({phase}, try {count})")
-
-
-HANG_S = 30.0  # a hanging participant answers this late: past any sensible client_timeout_s

@@ -59,12 +59,39 @@ def wait_for_nodes(grid: Grid, expected: int, timeout: float = 300.0) -> list[in
 
 
 def exchange(
-    grid: Grid, messages: list[Message], batch: int, on_reply: Callable[[Message], None]
-) -> None:
-    """Send in batches of ``batch`` messages so progress moves and memory stays bounded."""
+    grid: Grid,
+    messages: list[Message],
+    batch: int,
+    on_reply: Callable[[Message], None],
+    timeout: float | None = None,
+) -> list[int]:
+    """Send in batches of ``batch`` messages so progress moves and memory stays bounded;
+    each batch waits at most ``timeout`` seconds. Returns the nodes that did not answer."""
+    silent: list[int] = []
     for start in range(0, len(messages), batch):
-        for reply in send_and_receive(grid, messages[start : start + batch]):
+        part = messages[start : start + batch]
+        answered = set()
+        for reply in send_and_receive(grid, part, timeout=timeout):
+            answered.add(reply.metadata.src_node_id)
             on_reply(reply)
+        silent += [m.metadata.dst_node_id for m in part if m.metadata.dst_node_id not in answered]
+    return silent
+
+
+DEFAULT_TIMEOUT_S = 600.0
+
+
+def reply_timeout(seconds: float | None) -> float:
+    """How long a ServerApp waits for one exchange's replies: ``engine.client_timeout_s``, or
+    ten minutes, so that one silent client ends a run with its name instead of hanging it."""
+    return seconds if seconds is not None else DEFAULT_TIMEOUT_S
+
+
+def silent_error(nodes: list[int], phase: str, timeout: float) -> RuntimeError:
+    return RuntimeError(
+        f"no reply from node(s) {', '.join(map(str, sorted(nodes)))} in {phase} within "
+        f"{timeout:g} s (engine.client_timeout_s)"
+    )
 
 
 class ServerError:

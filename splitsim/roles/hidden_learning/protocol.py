@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +35,8 @@ from splitsim.engine.codec import (
     record_to_state,
     state_to_record,
 )
-from splitsim.engine.grid import exchange, wait_for_nodes
+from splitsim.engine.faults import maybe_fail
+from splitsim.engine.grid import exchange, reply_timeout, wait_for_nodes
 from splitsim.engine.resources import client_device, release_cuda
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
@@ -68,21 +70,24 @@ def official_network(scenario: Scenario, input_shape: tuple[int, ...]) -> ScoreN
     return ScoreNet(body, task)
 
 
-def client_app(scenario: Scenario, input_shape: tuple[int, ...]) -> ClientApp:
+def client_app(scenario: Scenario, input_shape: tuple[int, ...], storage: str) -> ClientApp:
     app = ClientApp()
     # A module-level handler with its settings bound: Flower pickles the app for every message,
     # and a closure would go by value (2.4 ms each; see model_inversion/protocol.client_app).
-    app.query()(functools.partial(_handle, scenario, input_shape))
+    app.query()(functools.partial(_handle, scenario, input_shape, storage))
     return app
 
 
 def _handle(
-    scenario: Scenario, input_shape: tuple[int, ...], msg: Message, context: Context
+    scenario: Scenario, input_shape: tuple[int, ...], storage: str, msg: Message, context: Context
 ) -> Message:
     """One message to a data owner's node: install the official model, or collect scores."""
     pid = int(context.node_config["partition-id"])
     chosen = defence_lib.build(scenario.defences)
-    phase = msg.content["config"]["phase"]
+    phase = str(msg.content["config"]["phase"])
+    if scenario.engine.faults:  # failures on purpose: install is round 1, collect round 2
+        maybe_fail(scenario.engine.faults, pid, 1 if phase == "install" else 2, phase,
+                   Path(storage))  # fmt: skip
     if phase == "install":
         rng = seeds.rng(scenario.seed, "hidden.client_weight_noise", pid)
         weights = record_to_arrays(msg.content["official_model"])
@@ -126,30 +131,55 @@ def server_app(
     allowed = {"scores", *dataset_spec(scenario).side_fields}
     batch = scenario.engine.messages_per_batch
 
+    engine = scenario.engine
+    timeout = reply_timeout(engine.client_timeout_s)
+
     def send(
         grid: Grid, ids: list[int], phase: str, rnd: int, handle: Callable[[Message], None]
-    ) -> None:
-        messages = []
-        for node in ids:
-            content = RecordDict({"config": ConfigRecord({"phase": phase})})
-            if phase == "install":
-                content["official_model"] = state_to_record(official_state)
-            msg = Message(content, dst_node_id=node, message_type="query")
-            wire.to_node(rnd, phase, node, content)
-            messages.append(msg)
+    ) -> list[int]:
+        """One phase to ``ids`` under ``engine.on_client_failure``; the nodes that answered.
+        A node that fails or stays silent is retried, left out or ends the run, and every
+        failed try is recorded."""
+        pending, answered, attempt = list(ids), [], 0
+        while pending:
+            messages = []
+            for node in pending:
+                content = RecordDict({"config": ConfigRecord({"phase": phase})})
+                if phase == "install":
+                    content["official_model"] = state_to_record(official_state)
+                wire.to_node(rnd, phase, node, content)
+                messages.append(Message(content, dst_node_id=node, message_type="query"))
+            failed: dict[int, str] = {}
 
-        def logged(reply: Message) -> None:
-            node = reply.metadata.src_node_id
-            wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
-            if reply.has_error():
-                received.failures.append(
-                    {"node": node, "phase": phase, "error": reply.error.reason}
-                )
-            else:
+            def logged(reply: Message, failed: dict[int, str] = failed) -> None:
+                node = reply.metadata.src_node_id
+                wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
+                if reply.has_error():
+                    failed[node] = reply.error.reason
+                    return
                 handle(reply)
-            on_reply(phase)
+                answered.append(node)
+                on_reply(phase)
 
-        exchange(grid, messages, batch, logged)
+            for node in exchange(grid, messages, batch, logged, timeout):
+                failed[node] = f"no reply within {timeout:g} s"
+            retry = []
+            for node in sorted(failed):
+                last = engine.on_client_failure != "retry" or attempt >= engine.client_retries
+                action = {"fail": "failed", "skip": "skipped"}.get(engine.on_client_failure)
+                received.failures.append({
+                    "node": node, "phase": phase, "attempt": attempt + 1,
+                    "error": (failed[node].strip().splitlines() or [""])[-1][:300],
+                    "action": action or ("skipped" if last else "retried"),
+                })  # fmt: skip
+                if engine.on_client_failure == "fail":
+                    raise RuntimeError(f"node {node} failed in {phase}: {failed[node]}")
+                if last:
+                    on_reply(phase)
+                else:
+                    retry.append(node)
+            pending, attempt = retry, attempt + 1
+        return sorted(answered)
 
     def collect(reply: Message) -> None:
         extra = set(reply.content.keys()) - {"payload", "meta"}
@@ -164,8 +194,8 @@ def server_app(
     @surfaced(received)
     def main(grid: Grid, context: Context) -> None:
         ids = wait_for_nodes(grid, scenario.deployment.clients)
-        send(grid, ids, "install", 1, lambda reply: None)
-        send(grid, ids, "collect", 2, collect)
+        installed = send(grid, ids, "install", 1, lambda reply: None)
+        send(grid, installed, "collect", 2, collect)  # a node without the model has no scores
         received.partitions = sorted(received.payload)
 
     return app

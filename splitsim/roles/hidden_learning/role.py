@@ -95,6 +95,7 @@ class HiddenLearningSupplier(Role):
 
     stages = ("payload", "weights")
     gpu_clients = True  # engine.client_device: N_o's forward pass on the actor's GPU share
+    fault_tolerant = True  # engine.faults / on_client_failure: owners who fail are left out
     models = {"official": "health_mlp", "secret": "secret_mlp"}
     report = report
     uses_tasks = True
@@ -104,7 +105,7 @@ class HiddenLearningSupplier(Role):
 
     @classmethod
     def client_app(cls, scenario: Scenario, storage: str):  # noqa: ANN206
-        return client_app(scenario, _input_shape(scenario))
+        return client_app(scenario, _input_shape(scenario), storage)
 
     @staticmethod
     def summary(metrics: dict) -> dict:
@@ -145,6 +146,17 @@ class HiddenLearningSupplier(Role):
                     f"role.secrets.{i}",
                     f"unknown secret {secret!r} of {scenario.dataset.name}; "
                     f"allowed: {', '.join(known)}",
+                )
+        for i, fault in enumerate(scenario.engine.faults):
+            if fault.phase not in ("install", "collect"):
+                raise ScenarioError(
+                    source, f"engine.faults.{i}.phase", "a supplier's deployment: install, collect"
+                )
+            if fault.partition >= scenario.deployment.clients:
+                raise ScenarioError(
+                    source,
+                    f"engine.faults.{i}.partition",
+                    f"must be below deployment.clients ({scenario.deployment.clients})",
                 )
         for i, spec in enumerate(scenario.defences):
             if getattr(spec.params, "during_training", False):
@@ -233,12 +245,9 @@ class HiddenLearningSupplier(Role):
                 lambda phase: ticks[phase](),
             )
             self.flower(server, collected)
-        if collected.failures:
-            first = collected.failures[0]
-            raise RuntimeError(
-                f"{len(collected.failures)} client(s) failed, first: node {first['node']} "
-                f"in {first['phase']}: {str(first['error']).splitlines()[-1]}"
-            )
+        if not collected.payload:
+            first = collected.failures[0] if collected.failures else {"error": "none answered"}
+            raise RuntimeError(f"no data owner sent scores; first failure: {first['error']}")
         seen = collected.stacked()
         return HiddenReceived(
             partitions=collected.partitions,

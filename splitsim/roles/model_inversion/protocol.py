@@ -38,7 +38,7 @@ from splitsim import defences as defence_lib
 from splitsim import seeds
 from splitsim.data.partitions import test_partition, train_partition
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
-from splitsim.engine.grid import send_and_receive, wait_for_nodes
+from splitsim.engine.grid import reply_timeout, send_and_receive, silent_error, wait_for_nodes
 from splitsim.engine.node_state import open_state
 from splitsim.engine.resources import resolve_device
 from splitsim.engine.wire import WireLog
@@ -242,12 +242,20 @@ def server_app(
             messages.append(msg)
         pid_of = {node: pid for pid, node in node_of.items()}
         replies: dict[int, Message] = {}
-        for reply in send_and_receive(grid, messages):
+        timeout = reply_timeout(scenario.engine.client_timeout_s)
+        answered = set()
+        for reply in send_and_receive(grid, messages, timeout=timeout):
+            answered.add(reply.metadata.src_node_id)
             node = reply.metadata.src_node_id
             wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
             if reply.has_error():
                 raise RuntimeError(f"node {node} failed in {phase}: {reply.error.reason}")
             replies[pid_of.get(node, -1)] = reply
+        silent = [
+            m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered
+        ]
+        if silent:
+            raise silent_error(silent, phase, timeout)
         outcome.round_trips += 1
         return replies
 

@@ -36,7 +36,7 @@ from splitsim import defences as defence_lib
 from splitsim import seeds
 from splitsim.data.partitions import test_partition
 from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state
-from splitsim.engine.grid import exchange, wait_for_nodes
+from splitsim.engine.grid import exchange, reply_timeout, silent_error, wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.roles.base import ServerError, surfaced
@@ -182,6 +182,7 @@ def server_app(
     wire: WireLog,
     outcome: ProbeOutcome,
     on_step: Callable[[int, int, int], None],
+    timeout_s: float | None = None,
 ) -> ServerApp:
     """The adversary: one search per session over every data owner's inputs at once."""
     app = ServerApp()
@@ -199,7 +200,10 @@ def server_app(
                 raise RuntimeError(f"data owner {reply.metadata.src_node_id}: {reply.error.reason}")
             replies[reply.metadata.src_node_id] = reply
 
-        exchange(grid, messages, len(messages), keep)
+        timeout = reply_timeout(timeout_s)
+        silent = exchange(grid, messages, len(messages), keep, timeout)
+        if silent:
+            raise silent_error(silent, phase, timeout)
         return replies
 
     def config(phase: str, session: int = -1, step: int = 0) -> ConfigRecord:

@@ -196,7 +196,8 @@ class PerturbationProber(Role):
         with self.run.phase("probing over Flower", len(passes) * p.max_steps, timed=False) as tick:
             server = server_app(passes, dirs, state, scenario.deployment.clients,
                                 self._search_args(), self.wire, outcome,
-                                lambda k, step, left: tick())  # fmt: skip
+                                lambda k, step, left: tick(),
+                                scenario.engine.client_timeout_s)  # fmt: skip
             self.flower(server, outcome)
         if len(outcome.signatures) != len(passes):
             raise RuntimeError("the Flower ServerApp ended before probing finished")

@@ -203,6 +203,10 @@ class PropertyInferenceParticipant(Role):
                 source, "role.task_groups", "classes are Fashion-MNIST class numbers 0-9"
             )
         for i, fault in enumerate(scenario.engine.faults):
+            if fault.phase not in ("train", "evaluate"):
+                raise ScenarioError(
+                    source, f"engine.faults.{i}.phase", "federated training: train, evaluate"
+                )
             if fault.partition > clients:
                 raise ScenarioError(
                     source,
