@@ -78,7 +78,7 @@ def _cached_forward(state: object, pid: int, rnd: int, step: int) -> torch.Tenso
 def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
     app = ClientApp()
     # Flower pickles the app again for every message it hands an actor. A closure goes by value
-    # (3 ms here, most of it cloudpickle scanning sys.modules for each module its globals name:
+    # (3 ms here, most of it Ray's pickler scanning sys.modules for each module its globals name:
     # 23 % of py-spy's samples of the server process at 100 owners); a module-level function
     # with the run's settings bound goes by reference (0.1 ms).
     app.query()(functools.partial(_handle, scenario, state_dir))
