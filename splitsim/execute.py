@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from splitsim import reporting
@@ -16,7 +15,7 @@ from splitsim.errors import ScenarioError
 from splitsim.registry import ROLES
 from splitsim.roles.base import Evaluation, Role
 from splitsim.runs import Run, open_run, versions
-from splitsim.scenario import Scenario, apply_override, validate
+from splitsim.scenario import Scenario, apply_override, read_yaml, validate
 
 
 def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = None) -> Path:
@@ -65,7 +64,7 @@ def recorded_scenario(folder: Path, overrides: list[str]) -> Scenario:
             raise ScenarioError(
                 str(folder), "", f"not a finished run folder with what it received (no {name})"
             )
-    data = yaml.safe_load((folder / "scenario.yaml").read_text()) or {}
+    data = read_yaml(folder / "scenario.yaml") or {}
     data.pop("versions", None)
     recorded = validate(dict(data), source)
     role_cls: type[Role] = ROLES.get(recorded.role.name)
