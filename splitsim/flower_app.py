@@ -11,7 +11,11 @@ Run config (``[tool.flwr.app.config]``, overridable with ``flwr run --run-config
 - ``set``: overrides, ``key=value`` separated by ``;`` (``--set`` of the CLI);
 - ``out``: the runs folder (default: the scenario's output_dir);
 - ``result-file``: if set, the ServerApp writes ``{"folder": ...}`` or ``{"error": ...}``
-  there when it ends (how ``engine.mode: deployment`` learns the outcome).
+  there when it ends (how ``engine.mode: deployment`` learns the outcome);
+- ``node-owners``: ``{"<node id>": <owner>}`` as JSON, the node ids the SuperLink gave each data
+  owner's registered key (SuperNode authentication; ``engine.mode: deployment`` fills it in).
+  With it the server takes a node's owner from its key and refuses a reply that claims another;
+  without it, from the ``partition-id`` the node states, as in a simulation.
 
 Both sides build what they run from the package code and that scenario: the ServerApp runs the
 harness, and the ClientApp on every SuperNode builds the role's own ClientApp

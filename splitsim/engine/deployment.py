@@ -1,7 +1,12 @@
 """``engine.mode: deployment``: the scenario under Flower's deployment engine on loopback.
 
 One ``flower-superlink`` and one ``flower-supernode`` per Flower node of the role, each its own
-process in its own working directory and temp folder, then ``flwr run`` submits the package's
+process in its own working directory and temp folder, set up the way Flower recommends for a
+real federation: TLS with a certificate authority made for this run, and SuperNode
+authentication (``--enable-supernode-auth``), each data owner's key registered with ``flwr
+supernode register`` before its SuperNode starts. A SuperNode with another key is refused, and
+the server knows which data owner a node is from its registered key (``engine/identity.py``).
+Then ``flwr run`` submits the package's
 Flower App (splitsim/flower_app.py) with the resolved scenario in its run config. Each SuperNode
 builds the role's ClientApp from the package code and that scenario; nothing written by the
 server reaches a data owner but Flower messages. The SuperLink starts the ServerApp process,
@@ -23,11 +28,14 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from rich.console import Console
 
+from splitsim.engine.credentials import Certificates, loopback_certificates, node_key
+from splitsim.engine.identity import NODE_OWNERS
 from splitsim.registry import ROLES
 from splitsim.scenario import Scenario
 
@@ -59,6 +67,7 @@ scenario-yaml = ""
 set = ""
 out = ""
 result-file = ""
+node-owners = ""
 """
 
 
@@ -93,14 +102,52 @@ def _wait_for_port(port: int, process: subprocess.Popen, log: Path) -> None:
     )
 
 
+@dataclass(frozen=True)
+class Loopback:
+    env: dict[str, str]  # the environment for ``flwr`` commands
+    owners: dict[int, int]  # registered node id -> data owner
+    certificates: Certificates
+    port: int
+
+
+def register_node(public_key: Path, env: dict[str, str]) -> int:
+    """``flwr supernode register``: the node id the SuperLink gives this key."""
+    command = [flower_tool("flwr"), "supernode", "register", str(public_key), CONNECTION]
+    done = subprocess.run(
+        [*command, "--format", "json"], env=env, capture_output=True, text=True, check=False
+    )
+    start = done.stdout.find("{")
+    reply = json.loads(done.stdout[start:]) if start >= 0 else {}
+    if done.returncode != 0 or not reply.get("success"):
+        raise RuntimeError(
+            f"flwr supernode register failed (exit {done.returncode}): "
+            f"{(done.stdout + done.stderr).strip()[-300:]}"
+        )
+    return int(reply["node-id"])
+
+
+def supernode_command(
+    port: int, node_port: int, certificates: Certificates, key: Path | None, node_config: str
+) -> list[str]:
+    """A SuperNode that checks the SuperLink's certificate and signs in with ``key``."""
+    auth = [] if key is None else ["--auth-supernode-private-key", str(key)]
+    return [
+        flower_tool("flower-supernode"), "--root-certificates", str(certificates.ca),
+        "--superlink", f"127.0.0.1:{port}", "--port", str(node_port), *auth,
+        "--node-config", node_config,
+    ]  # fmt: skip
+
+
 @contextmanager
-def loopback(nodes: int, work: Path, threads: int) -> Iterator[dict[str, str]]:
-    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1; yields the environment for ``flwr``.
-    A SuperNode's ClientApps get ``threads`` CPU threads, as a Ray actor with that many CPUs
-    does (Ray sets OMP_NUM_THREADS), so their float reductions run in the same order."""
+def loopback(nodes: int, work: Path, threads: int) -> Iterator[Loopback]:
+    """A SuperLink and ``nodes`` SuperNodes on 127.0.0.1, under TLS and SuperNode
+    authentication. A SuperNode's ClientApps get ``threads`` CPU threads, as a Ray actor with
+    that many CPUs does (Ray sets OMP_NUM_THREADS), so their float reductions run in the same
+    order."""
     env = {**os.environ, "FLWR_HOME": str(work / "flwr-home")}
     Path(env["FLWR_HOME"]).mkdir(parents=True, exist_ok=True)
     port = free_port()
+    certificates = loopback_certificates(work / "certificates")
     processes: list[subprocess.Popen] = []
 
     def start(
@@ -116,29 +163,36 @@ def loopback(nodes: int, work: Path, threads: int) -> Iterator[dict[str, str]]:
 
     try:
         link = start("superlink", [
-            flower_tool("flower-superlink"), "--insecure", "--port", str(port),
+            flower_tool("flower-superlink"), "--port", str(port),
+            "--ssl-ca-certfile", str(certificates.ca), "--ssl-certfile", str(certificates.cert),
+            "--ssl-keyfile", str(certificates.key), "--enable-supernode-auth",
             # the app runs in this environment: no per-run virtualenv, no installs
             "--disable-runtime-dependency-installation",
         ])  # fmt: skip
-        _wait_for_port(port, link, work / "superlink.log")
-        for pid in range(nodes):
-            node_port = free_port()
-            # Each data owner's machine: its own working directory and temp folder, nothing
-            # in common with the SuperLink or the other owners.
-            home = work / f"node-{pid}"
-            (home / "tmp").mkdir(parents=True, exist_ok=True)
-            node = start(f"supernode-{pid}", [
-                flower_tool("flower-supernode"), "--insecure",
-                "--superlink", f"127.0.0.1:{port}", "--port", str(node_port),
-                "--node-config", f"partition-id={pid} num-partitions={nodes}",
-            ], {"OMP_NUM_THREADS": str(threads), "TMPDIR": str(home / "tmp")},
-                cwd=home)  # fmt: skip
-            _wait_for_port(node_port, node, work / f"supernode-{pid}.log")
         (Path(env["FLWR_HOME"]) / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+            f'[superlink.{CONNECTION}]\naddress = "127.0.0.1:{port}"\n'
+            f"root-certificates = {json.dumps(str(certificates.ca))}\n"
         )
-        yield env
+        _wait_for_port(port, link, work / "superlink.log")
+        owners: dict[int, int] = {}
+        for pid in range(nodes):
+            node_port = free_port()
+            # Each data owner's machine: its own working directory, temp folder and key,
+            # nothing in common with the SuperLink or the other owners.
+            home = work / f"node-{pid}"
+            (home / "tmp").mkdir(parents=True, exist_ok=True)
+            key, public = node_key(home, "supernode-key")
+            owners[register_node(public, env)] = pid
+            config = f"partition-id={pid} num-partitions={nodes}"
+            node = start(
+                f"supernode-{pid}",
+                supernode_command(port, node_port, certificates, key, config),
+                {"OMP_NUM_THREADS": str(threads), "TMPDIR": str(home / "tmp")},
+                cwd=home,
+            )
+            _wait_for_port(node_port, node, work / f"supernode-{pid}.log")
+        yield Loopback(env, owners, certificates, port)
     finally:
         for process in reversed(processes):
             process.terminate()
@@ -193,11 +247,13 @@ def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
         "result-file": str(result_file),
     }
     console.print(
-        f"Flower deployment engine: 1 SuperLink and {nodes} SuperNodes on loopback (logs in {work})"
+        f"Flower deployment engine: 1 SuperLink and {nodes} SuperNodes on loopback, TLS and "
+        f"SuperNode authentication (logs in {work})"
     )
     started = time.perf_counter()
-    with loopback(nodes, work, max(1, int(scenario.engine.num_cpus))) as env:
-        flwr_run(app, config, env, work)
+    with loopback(nodes, work, max(1, int(scenario.engine.num_cpus))) as link:
+        config[NODE_OWNERS] = json.dumps({str(node): pid for node, pid in link.owners.items()})
+        flwr_run(app, config, link.env, work)
         wait_for_file(result_file)
     outcome = json.loads(result_file.read_text()) if result_file.exists() else {}
     if "folder" in outcome:

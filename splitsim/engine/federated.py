@@ -29,6 +29,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from splitsim.engine import identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.faults import maybe_fail
 from splitsim.engine.grid import ServerError, send_and_receive, surfaced
@@ -74,8 +75,8 @@ class LoggedGrid:
             got[reply.metadata.src_node_id] = reply
             self._wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
             if not reply.has_error():
-                self._partition[reply.metadata.src_node_id] = int(
-                    reply.content["metrics"]["partition"]
+                self._partition[reply.metadata.src_node_id] = identity.owner(
+                    reply, reply.content["metrics"]["partition"]
                 )
         return got
 

@@ -12,6 +12,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
 from splitsim import defences, seeds
+from splitsim.engine import identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.grid import send_and_receive, wait_for_nodes
 from splitsim.engine.wire import WireLog
@@ -64,7 +65,7 @@ def server_app(nodes: int, wire: WireLog, got: Averages) -> ServerApp:
             wire.from_node(1, "average", reply)  # error replies too
             if reply.has_error():
                 raise RuntimeError(f"an owner failed: {reply.error.reason}")
-            pid = int(reply.content["meta"]["partition"])
+            pid = identity.owner(reply, reply.content["meta"]["partition"])
             got.means[pid] = record_to_arrays(reply.content["payload"])["mean"]
 
     return app

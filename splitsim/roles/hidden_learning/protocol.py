@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
+from splitsim.engine import identity
 from splitsim.engine.codec import (
     arrays_to_record,
     record_to_arrays,
@@ -188,7 +189,7 @@ def server_app(
             raise RuntimeError(
                 f"a client sent more than its declared payload: {sorted(extra | set(arrays))}"
             )
-        received.payload[int(reply.content["meta"]["partition"])] = arrays
+        received.payload[identity.owner(reply, reply.content["meta"]["partition"])] = arrays
 
     @app.main()
     @surfaced(received)

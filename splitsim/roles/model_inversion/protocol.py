@@ -37,6 +37,7 @@ from torch import nn
 from splitsim import defences as defence_lib
 from splitsim import seeds
 from splitsim.data.partitions import test_partition, train_partition
+from splitsim.engine import identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.grid import reply_timeout, send_and_receive, silent_error, wait_for_nodes
 from splitsim.engine.node_state import open_state
@@ -273,8 +274,9 @@ def server_app(
         node_of = {}
         for node, reply in hello.items():
             meta = reply.content["meta"]
-            node_of[int(meta["partition"])] = node
-            outcome.train_samples[int(meta["partition"])] = int(meta["train_samples"])
+            pid = identity.owner(reply, meta["partition"])
+            node_of[pid] = node
+            outcome.train_samples[pid] = int(meta["train_samples"])
         # The server holds the labels of the owners' training images, keyed by image id
         # (papers/003); it never loads the images themselves.
         dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)

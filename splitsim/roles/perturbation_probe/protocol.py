@@ -35,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 from splitsim import defences as defence_lib
 from splitsim import seeds
 from splitsim.data.partitions import test_partition
+from splitsim.engine import identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state
 from splitsim.engine.grid import exchange, reply_timeout, silent_error, wait_for_nodes
 from splitsim.engine.wire import WireLog
@@ -250,9 +251,10 @@ def server_app(
     def main(grid: Grid, context: Context) -> None:
         ids = wait_for_nodes(grid, clients)
         hello = send(grid, {n: RecordDict({"config": config("hello")}) for n in ids}, "hello", 0)
-        order = sorted(ids, key=lambda n: int(hello[n].content["meta"]["partition"]))
+        owner = {n: identity.owner(hello[n], hello[n].content["meta"]["partition"]) for n in ids}
+        order = sorted(ids, key=owner.__getitem__)
         sizes = [int(hello[n].content["meta"]["inputs"]) for n in order]
-        outcome.partitions = [int(hello[n].content["meta"]["partition"]) for n in order]
+        outcome.partitions = [owner[n] for n in order]
         outcome.sizes = sizes
         offsets = np.cumsum([0, *sizes])
         for k, session in enumerate(passes):
