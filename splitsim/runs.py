@@ -3,15 +3,25 @@
 ``runs/<scenario>/.<timestamp>.partial/`` while running; ``runs/<scenario>/<timestamp>/`` when
 every file is written; ``runs/<scenario>/<timestamp>.failed/`` (with ``error.txt``) when it
 stopped on an error. A folder without a suffix is always a finished result.
+
+A run that was killed (``kill -9``, a lost machine) leaves its ``.partial`` folder, with the
+key of what it computes (the resolved scenario and a digest of the package code) and what it
+had finished under ``.resume/``. The same command again finds that folder, takes its lock
+(a folder whose run is still alive is locked, and left alone) and carries on from there: a
+role's finished deployment is read back rather than run again, and split training restarts at
+its last finished round.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
 import traceback
@@ -83,6 +93,16 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             os.close(folder)
 
 
+def code_digest() -> str:
+    """A digest of the package's code: work computed by other code is computed again."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(_clean(data), indent=2, sort_keys=True) + "\n")
 
@@ -97,6 +117,14 @@ class Run:
     progress: Progress
     started: float = field(default_factory=time.perf_counter)
     timings: dict[str, float] = field(default_factory=dict)
+    resumed: bool = False  # carrying on in an interrupted run's folder
+
+    @property
+    def checkpoints(self) -> Path:
+        """Where this run keeps what a resumed run needs; removed when it ends."""
+        folder = self.folder / RESUME
+        folder.mkdir(exist_ok=True)
+        return folder
 
     @contextmanager
     def phase(self, name: str, total: int | None, timed: bool = True) -> Iterator[Any]:
@@ -122,13 +150,45 @@ def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
-@contextmanager
-def open_run(
-    scenario: Scenario, console: Console, base: Path | None = None, root: Path | None = None
-) -> Iterator[Run]:
-    """Stage a run folder in ``<base or output_dir>/<scenario name>/``, or in ``root``."""
-    root = root if root is not None else Path(base or scenario.output_dir) / scenario.name
-    root.mkdir(parents=True, exist_ok=True)
+RESUME = ".resume"
+KEY = "run.key"
+LOCK = ".lock"
+
+
+def run_key(scenario: Scenario) -> str:
+    """What a run computes: its resolved scenario and the code that computes it."""
+    text = json.dumps(scenario.resolved(), sort_keys=True) + code_digest()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _lock(folder: Path) -> int | None:
+    """An exclusive lock on ``folder``'s run, or None while another process holds it. The
+    kernel drops a dead process's lock, so a killed run's folder can be taken over."""
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _interrupted(root: Path, key: str) -> tuple[Path, int] | None:
+    """The newest unfinished run of this key whose process is gone, locked for us."""
+    for folder in sorted(root.glob(".*.partial"), reverse=True):
+        marker = folder / RESUME / KEY
+        try:
+            if marker.read_text().strip() != key:
+                continue
+        except OSError:
+            continue
+        fd = _lock(folder)
+        if fd is not None:
+            return folder, fd
+    return None
+
+
+def _new_staging(root: Path) -> tuple[Path, str]:
     stamp = _stamp()
     suffix = 0
     while True:
@@ -137,13 +197,38 @@ def open_run(
         if not taken:
             try:
                 staging.mkdir()  # atomic: two processes never share a staging folder
-                break
+                return staging, stamp
             except FileExistsError:
                 pass
         suffix += 1
         stamp = f"{_stamp()}-{suffix}"
-    resolved = {**scenario.resolved(), "versions": versions()}
-    write_atomic(staging / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
+
+
+@contextmanager
+def open_run(
+    scenario: Scenario,
+    console: Console,
+    base: Path | None = None,
+    root: Path | None = None,
+    resumable: bool = True,
+) -> Iterator[Run]:
+    """Stage a run folder in ``<base or output_dir>/<scenario name>/``, or in ``root``; carry
+    on in an interrupted run of the same scenario and code where there is one."""
+    root = root if root is not None else Path(base or scenario.output_dir) / scenario.name
+    root.mkdir(parents=True, exist_ok=True)
+    key = run_key(scenario)
+    found = _interrupted(root, key) if resumable else None
+    if found is not None:
+        staging, fd = found
+        stamp = staging.name.removeprefix(".").removesuffix(".partial")
+        console.print(f"resuming the interrupted run {staging.name} (same scenario and code)")
+    else:
+        staging, stamp = _new_staging(root)
+        fd = _lock(staging)
+        (staging / RESUME).mkdir()
+        write_atomic(staging / RESUME / KEY, key + "\n")
+        resolved = {**scenario.resolved(), "versions": versions()}
+        write_atomic(staging / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
     progress = Progress(
         TextColumn("[bold]{task.description:<26}"),
         BarColumn(),
@@ -153,13 +238,32 @@ def open_run(
         transient=False,
     )
     run = Run(scenario=scenario, folder=staging, console=console, progress=progress)
+    run.resumed = found is not None
     try:
-        with progress:
-            yield run
-    except BaseException as err:
-        (staging / "error.txt").write_text("".join(traceback.format_exception(err)))
-        os.replace(staging, root / f"{stamp}.failed")
-        raise
-    final = root / stamp
-    os.replace(staging, final)
-    run.folder = final
+        try:
+            with progress:
+                yield run
+        except KeyboardInterrupt:
+            # Ctrl-C is an interruption, not a failure: the folder stays, for the same
+            # command to carry on in.
+            console.print(f"interrupted: run the same command again to carry on in {staging}")
+            raise
+        except BaseException as err:
+            (staging / "error.txt").write_text("".join(traceback.format_exception(err)))
+            _tidy(staging)
+            os.replace(staging, root / f"{stamp}.failed")
+            raise
+        _tidy(staging)
+        final = root / stamp
+        os.replace(staging, final)
+        run.folder = final
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _tidy(staging: Path) -> None:
+    """What only a resumed run needs (checkpoints, the owners' snapshots, the lock) goes."""
+    shutil.rmtree(staging / RESUME, ignore_errors=True)
+    with contextlib.suppress(FileNotFoundError):
+        (staging / LOCK).unlink()

@@ -70,10 +70,11 @@ class Fault(Strict):
 
     partition: int = Field(ge=0)
     rounds: list[int] = Field(min_length=1)
-    phase: Literal["train", "evaluate", "install", "collect"] = Field(
+    phase: Literal["train", "evaluate", "install", "collect", "infer", "probe"] = Field(
         "train",
         description="federated training: train or evaluate; a supplier's deployment: install "
-        "or collect",
+        "or collect; split training: train (rounds are epochs) or infer; probing: probe "
+        "(rounds are search steps)",
     )
     kind: Literal["raise", "hang"] = "raise"
     attempts: int = Field(1, ge=1, description="consecutive tries that fail")

@@ -13,6 +13,7 @@ import ipaddress
 import json
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -206,8 +207,14 @@ def _covid(out: Path, *extra: str) -> dict:
     return json.loads(results.read_text())["metrics"]
 
 
-def test_a_failing_data_owner_is_retried_skipped_or_ends_the_run(tmp_path, capsys):
-    plain = _covid(tmp_path / "plain")
+@pytest.fixture(scope="module")
+def plain_covid(tmp_path_factory) -> dict:
+    """The small Covid run's metrics, nobody failing, nobody killed."""
+    return _covid(tmp_path_factory.mktemp("plain"))
+
+
+def test_a_failing_data_owner_is_retried_skipped_or_ends_the_run(tmp_path, capsys, plain_covid):
+    plain = plain_covid
     once = "engine.faults=[{partition: 1, rounds: [2], phase: collect}]"
     retried = _covid(tmp_path / "retried", once, "engine.on_client_failure=retry")
     # the retry answers as the first try would have: the same numbers, one failure recorded
@@ -240,3 +247,35 @@ def test_a_silent_data_owner_does_not_hang_the_run(tmp_path):
     (failure,) = m["deployment"]["failures"]
     assert failure["error"] == "no reply within 25 s" and failure["action"] == "skipped"
     assert failure["phase"] == "collect" and m["deployment"]["users"] == 20
+
+
+@pytest.mark.parametrize("point", ["after deployment", "during deployment"])
+def test_a_run_killed_at_any_point_carries_on_to_the_same_result(tmp_path, point, plain_covid):
+    """kill -9 of ``run``, then the same command: it carries on in the interrupted folder (a
+    finished deployment is read back, an unfinished one runs again from its start) and ends
+    with the numbers of a run nobody killed."""
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "splitsim", "run", str(COVID), "--out", str(out)]
+    for expr in SMALL:
+        args += ["--set", expr]
+    victim = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    marker = ".resume/deployed.json" if point == "after deployment" else "wire.jsonl"
+    deadline = time.monotonic() + 300
+    try:
+        while not list(out.glob(f"hidden_covid_app/.*.partial/{marker}")):
+            assert victim.poll() is None, "the run ended before the point to kill it at"
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        os.killpg(victim.pid, signal.SIGKILL)
+        victim.wait()
+    (partial,) = out.glob("hidden_covid_app/.*.partial")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=True)
+    assert "resuming the interrupted run" in done.stdout
+    assert ("read back what was received" in done.stdout) == (point == "after deployment")
+    (folder,) = out.glob("hidden_covid_app/2*")
+    assert folder.name == partial.name[1:].removesuffix(".partial")
+    assert not list(out.glob("hidden_covid_app/.*")) and not (folder / ".resume").exists()
+    got = json.loads((folder / "results.json").read_text())["metrics"]
+    assert got == plain_covid

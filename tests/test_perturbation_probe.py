@@ -91,11 +91,18 @@ def probe_run(tmp_path_factory):
 
 
 def test_same_seed_same_signatures_and_numbers(probe_run, tmp_path):
-    # Only the random kind this time: its sessions must come out exactly the same.
-    again = probe(tmp_path / "runs", "role.directions=[random]")
-    first = json.loads((probe_run / "results.json").read_text())["metrics"]["sessions"]
-    second = json.loads((again / "results.json").read_text())["metrics"]["sessions"]
-    assert second == [row for row in first if row["directions"] == "random"]
+    # Only the random kind this time: its sessions must come out exactly the same, though
+    # owner 1 fails its second search step once and the query is sent again
+    # (engine.on_client_failure: retry).
+    fault = "engine.faults=[{partition: 1, rounds: [2], phase: probe}]"
+    again = probe(tmp_path / "runs", "role.directions=[random]", fault,
+                  "engine.on_client_failure=retry")  # fmt: skip
+    first = json.loads((probe_run / "results.json").read_text())["metrics"]
+    second = json.loads((again / "results.json").read_text())["metrics"]
+    assert second["sessions"] == [r for r in first["sessions"] if r["directions"] == "random"]
+    (failure,) = second["failures"]
+    assert (failure["phase"], failure["action"]) == ("probe", "retried")
+    assert "participant 1 failed in round 2" in failure["error"] and first["failures"] == []
 
 
 def test_only_bits_leave_the_data_owners(probe_run):

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import signal
+import subprocess
+import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -277,3 +282,76 @@ def test_attack_reruns_the_inversion_from_the_recorded_traffic(runs, capsys):
     # a colluder's hand-over was sent during training: its size cannot change afterwards
     assert main(["attack", str(plain), "--set", "role.aux_size=100"]) == 2
     assert "role.aux_size" in capsys.readouterr().err
+
+
+RESUME = [*SMALL, "training.epochs=2", "dataset.train_limit=480", "deployment.users=200",
+          "role.aux_size=600", "role.val_size=200", "role.decoder_epochs=1",
+          "role.training_targets=100", "role.dcor_samples=160"]  # fmt: skip
+
+
+def test_a_killed_split_training_resumes_from_its_last_round(tmp_path):
+    """kill -9 of ``run`` after round 1 of 2, the same command again: it carries on in the
+    same folder from round 2 (each owner restoring its own snapshot) and gives the metrics of
+    an uninterrupted run; only the resumed run's second hello shows on the wire."""
+    out = tmp_path / "runs"
+    args = [sys.executable, "-m", "splitsim", "run", str(SCENARIO), "--out", str(out)]
+    for expr in RESUME:
+        args += ["--set", expr]
+    killed = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 400
+    try:
+        while not list(out.glob("mnist_inversion/.*.partial/.resume/split-server.pt")):
+            assert killed.poll() is None, "the run ended before its first checkpoint"
+            assert time.monotonic() < deadline, "no checkpoint of round 1"
+            time.sleep(0.2)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        killed.wait()
+    (partial,) = out.glob("mnist_inversion/.*.partial")
+    owners = sorted(p.name for p in (partial / ".resume" / "owners").iterdir())
+    assert owners == ["node-0.round-1.bin", "node-1.round-1.bin"]
+    assert main(args[3:]) == 0
+    (resumed,) = out.glob("mnist_inversion/2*")
+    assert resumed.name == partial.name.removeprefix(".").removesuffix(".partial")
+    assert not (resumed / ".resume").exists() and not list(out.glob("mnist_inversion/.*"))
+    again = tmp_path / "again"
+    assert main([*args[3:5], "--out", str(again), *args[7:]]) == 0
+    (plain,) = again.glob("mnist_inversion/2*")
+    got, want = results(resumed)["metrics"], results(plain)["metrics"]
+    assert got["training"].pop("resumed_after_rounds") == [1]
+    assert want["training"].pop("resumed_after_rounds") == []
+    # the resumed run said hello once more (node ids are new): one more round trip, and a
+    # hello and its reply per owner on the wire
+    assert got["training"].pop("round_trips") == want["training"].pop("round_trips") + 1
+    assert got["wire"].pop("messages") == want["wire"].pop("messages") + 2 * 2
+    assert got["wire"].pop("bytes_from_clients") > want["wire"].pop("bytes_from_clients")
+    assert got["wire"].pop("bytes_to_clients") > want["wire"].pop("bytes_to_clients")
+    assert got == want
+    phases = [line["phase"] for line in read(resumed / "wire.jsonl")]
+    assert phases.count("hello") == 2 * 2 * 2 and phases[-1] != "hello"
+
+
+def test_a_failing_data_owner_is_retried_or_left_out(runs, tmp_path):
+    """engine.on_client_failure in split training. ``retry``: owner 1 raises on its first
+    message of round 1, the message is sent again, and training is the uninterrupted one.
+    ``skip``: owner 1 is left out from there on; the server trains with owner 0 alone and
+    receives only owner 0's test images."""
+    fault = "engine.faults=[{partition: 1, rounds: [1], phase: train, kind: raise}]"
+    retried = run(tmp_path / "retry", fault, "engine.on_client_failure=retry")
+    got, want = results(retried)["metrics"], results(runs["plain"])["metrics"]
+    (failure,) = got["training"].pop("failures")
+    assert failure["phase"] == "train" and failure["action"] == "retried"
+    assert "participant 1 failed in round 1" in failure["error"]
+    assert got["training"].pop("owners_left_out") == {}
+    assert want["training"].pop("failures") == [] and want["training"].pop("owners_left_out") == {}
+    # the retry is within the step's exchange: the same round trips, two more wire lines
+    assert got.pop("wire")["messages"] == want.pop("wire")["messages"] + 2
+    assert got == want
+    skipped = run(tmp_path / "skip", fault, "engine.on_client_failure=skip")
+    m = results(skipped)["metrics"]
+    assert m["training"]["owners_left_out"] == {"1": "train round 1"}
+    assert [f["action"] for f in m["training"]["failures"]] == ["skipped"]
+    received = np.load(skipped / "received.npz")
+    assert received["inference_z"].shape == (200, 500)  # owner 0's half of the 400 test images
+    assert m["utility"]["accuracy"] > 0.5

@@ -38,13 +38,24 @@ def describe(content: RecordDict) -> tuple[list[dict[str, Any]], int]:
 class WireLog:
     """Append-only JSON-lines log, safe to call from the ServerApp thread."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, at: dict[str, Any] | None = None) -> None:
+        """A new log, or, with ``at`` (a ``state()``), the log as it was then: what a killed
+        run wrote after that point is cut off, since the resumed run sends it again."""
         self.path = path
         self._lock = threading.Lock()
-        self._file = path.open("a", buffering=1)
-        self.messages = 0
-        self.errors = 0
-        self.bytes = {"to_clients": 0, "from_clients": 0}
+        self._file = path.open("r+" if at and path.exists() else "w", buffering=1)
+        self._file.truncate(at["offset"] if at else 0)
+        self._file.seek(0, 2)
+        self.messages = int(at["messages"]) if at else 0
+        self.errors = int(at["errors"]) if at else 0
+        self.bytes = dict(at["bytes"]) if at else {"to_clients": 0, "from_clients": 0}
+
+    def state(self) -> dict[str, Any]:
+        """Where the log stands: enough to reopen it there (``WireLog(path, at=state)``)."""
+        with self._lock:
+            self._file.flush()
+            return {"offset": self._file.tell(), "messages": self.messages,
+                    "errors": self.errors, "bytes": dict(self.bytes)}  # fmt: skip
 
     def log(
         self, *, round: int, phase: str, sender: str, receiver: str, content: RecordDict

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from splitsim.errors import ScenarioError
 from splitsim.registry import DEFENCES, ROLES
+from splitsim.runs import code_digest
 from splitsim.scenario import (
     Plugin,
     _pydantic_error,
@@ -117,16 +118,6 @@ def _without_nulls(value: Any) -> Any:
 
 
 @functools.lru_cache(maxsize=1)
-def code_digest() -> str:
-    """A digest of the package's code: a cell computed by other code is computed again."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parents[1]
-    for path in sorted(package.rglob("*.py")):
-        digest.update(str(path.relative_to(package)).encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
 def cell_id(scenario: dict) -> str:
     """Content hash of what the cell computes (its name and output folder excluded), and of
     the code that computes it."""

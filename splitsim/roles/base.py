@@ -23,6 +23,9 @@ without Flower: the structural proof that the attacker learns only what crossed 
 The data owners' side is the role's ClientApp, ``client_app(scenario, storage)``: built on the
 client from the package code and the resolved scenario, in a simulation's Ray actor as on a
 SuperNode of a real federation; ``storage`` is the node's own folder for state between messages.
+A role whose deployment can resume after a kill (split training) also takes ``keep``: the
+owners' persistent storage, where each owner keeps its own snapshot of the last rounds; it
+outlives a killed run, and only the owner reads it.
 
 The base class holds what every role repeats: determinism, random streams by named purpose
 (``self.seeds``), the wire log and its summary, timings, running a Flower phase with the
@@ -64,6 +67,7 @@ if typing.TYPE_CHECKING:
 
 RECEIVED_ARRAYS = "received.npz"
 RECEIVED_META = "received.json"
+DEPLOYED = "deployed.json"  # in the run's checkpoints: the deployment finished
 
 
 @dataclass(kw_only=True)
@@ -182,6 +186,7 @@ class Role(ABC):
         self.run = run
         self.seeds = Seeds(scenario.seed)
         self._wire: WireLog | None = None
+        self._wire_at: dict[str, Any] | None = None
 
     # -- what a role declares -------------------------------------------------------------
 
@@ -222,7 +227,8 @@ class Role(ABC):
     @classmethod
     @abstractmethod
     def client_app(cls, scenario: Scenario, storage: str) -> ClientApp:
-        """The data owners' ClientApp, built on the client side (Ray actor or SuperNode)."""
+        """The data owners' ClientApp, built on the client side (Ray actor or SuperNode).
+        A role that resumes also accepts ``keep: str | None`` (see the module docstring)."""
 
     # -- the phases, in the order they run ------------------------------------------------
 
@@ -245,14 +251,21 @@ class Role(ABC):
     # -- the harness ----------------------------------------------------------------------
 
     def execute(self) -> Evaluation:
-        """Every phase: deploy, save what was received, attack, evaluate."""
+        """Every phase: deploy, save what was received, attack, evaluate. A resumed run whose
+        deployment had finished reads what was received back instead of deploying again."""
         deterministic()
+        deployed = self.run.checkpoints / DEPLOYED
+        if self.run.resumed and deployed.is_file():
+            self.run.timings.update(json.loads(deployed.read_text())["timings"])
+            self.run.console.print("the deployment had finished: read back what was received")
+            return self.reattack(self.received_type.load(self.run.folder))
         try:
             received = self.deploy()
         finally:
             self.close_wire()
         received.wire = self.wire_summary()
         received.save(self.run.folder)
+        write_atomic(deployed, json.dumps({"timings": self.run.timings}))
         return self.reattack(received)
 
     def reattack(self, received: Received) -> Evaluation:
@@ -265,8 +278,14 @@ class Role(ABC):
     def wire(self) -> WireLog:
         """This run's wire log (``wire.jsonl``), opened on first use."""
         if self._wire is None:
-            self._wire = WireLog(self.run.folder / "wire.jsonl")
+            self._wire = WireLog(self.run.folder / "wire.jsonl", self._wire_at)
         return self._wire
+
+    def resume_wire(self, at: dict[str, Any]) -> None:
+        """Open the wire log where a checkpoint left it (before anything is logged)."""
+        if self._wire is not None:
+            raise RuntimeError("the wire log is already open")
+        self._wire_at = at
 
     def close_wire(self) -> None:
         if self._wire is not None:
@@ -290,14 +309,17 @@ class Role(ABC):
         holder: ServerError,
         nodes: int | None = None,
         timing: str = "flower simulation",
+        keep: Path | None = None,
     ) -> None:
         """Run one Flower phase: the role's ServerApp against its ClientApps (Ray simulation,
         or the SuperLink's grid when one hosts the scenario). The data owners' storage lives
-        for the phase and is removed after it; an error the ServerApp stopped on is raised."""
+        for the phase and is removed after it; ``keep``, their persistent storage, is passed
+        to a role that resumes. An error the ServerApp stopped on is raised."""
         storage = state_root()
         started = time.perf_counter()
+        extra = {} if keep is None else {"keep": str(keep)}
         try:
-            client = type(self).client_app(self.scenario, str(storage))
+            client = type(self).client_app(self.scenario, str(storage), **extra)
             simulate(server_app, client, nodes or self.flower_nodes(self.scenario),
                      self.scenario.engine)  # fmt: skip
         finally:
@@ -306,6 +328,18 @@ class Role(ABC):
             self.run.timings[timing] = round(self.run.timings.get(timing, 0.0) + elapsed, 3)
         if holder.error is not None:
             raise RuntimeError(f"the Flower ServerApp failed: {holder.error}") from holder.error
+
+
+def check_faults(
+    scenario: Scenario, source: str, phases: tuple[str, ...], what: str, nodes: int, who: str
+) -> None:
+    """``engine.faults`` name only the role's ``phases`` (``what`` names them) and partitions
+    ``0 .. nodes - 1`` (``who`` says which those are)."""
+    for i, fault in enumerate(scenario.engine.faults):
+        if fault.phase not in phases:
+            raise ScenarioError(source, f"engine.faults.{i}.phase", f"{what}: {', '.join(phases)}")
+        if fault.partition >= nodes:
+            raise ScenarioError(source, f"engine.faults.{i}.partition", who)
 
 
 def deterministic() -> None:

@@ -36,8 +36,9 @@ from splitsim.engine.codec import (
     record_to_state,
     state_to_record,
 )
+from splitsim.engine.failures import Policy
 from splitsim.engine.faults import maybe_fail
-from splitsim.engine.grid import exchange, reply_timeout, wait_for_nodes
+from splitsim.engine.grid import wait_for_nodes
 from splitsim.engine.resources import client_device, release_cuda
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
@@ -132,55 +133,23 @@ def server_app(
     allowed = {"scores", *dataset_spec(scenario).side_fields}
     batch = scenario.engine.messages_per_batch
 
-    engine = scenario.engine
-    timeout = reply_timeout(engine.client_timeout_s)
+    policy = Policy(scenario.engine, wire, batch, received.failures)
 
     def send(
         grid: Grid, ids: list[int], phase: str, rnd: int, handle: Callable[[Message], None]
     ) -> list[int]:
-        """One phase to ``ids`` under ``engine.on_client_failure``; the nodes that answered.
-        A node that fails or stays silent is retried, left out or ends the run, and every
-        failed try is recorded."""
-        pending, answered, attempt = list(ids), [], 0
-        while pending:
-            messages = []
-            for node in pending:
-                content = RecordDict({"config": ConfigRecord({"phase": phase})})
-                if phase == "install":
-                    content["official_model"] = state_to_record(official_state)
-                wire.to_node(rnd, phase, node, content)
-                messages.append(Message(content, dst_node_id=node, message_type="query"))
-            failed: dict[int, str] = {}
+        """One phase to ``ids`` under ``engine.on_client_failure``; the nodes that answered."""
+        contents = {}
+        for node in ids:
+            contents[node] = RecordDict({"config": ConfigRecord({"phase": phase})})
+            if phase == "install":
+                contents[node]["official_model"] = state_to_record(official_state)
 
-            def logged(reply: Message, failed: dict[int, str] = failed) -> None:
-                node = reply.metadata.src_node_id
-                wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
-                if reply.has_error():
-                    failed[node] = reply.error.reason
-                    return
-                handle(reply)
-                answered.append(node)
-                on_reply(phase)
+        def handled(reply: Message) -> None:
+            handle(reply)
+            on_reply(phase)
 
-            for node in exchange(grid, messages, batch, logged, timeout):
-                failed[node] = f"no reply within {timeout:g} s"
-            retry = []
-            for node in sorted(failed):
-                last = engine.on_client_failure != "retry" or attempt >= engine.client_retries
-                action = {"fail": "failed", "skip": "skipped"}.get(engine.on_client_failure)
-                received.failures.append({
-                    "node": node, "phase": phase, "attempt": attempt + 1,
-                    "error": (failed[node].strip().splitlines() or [""])[-1][:300],
-                    "action": action or ("skipped" if last else "retried"),
-                })  # fmt: skip
-                if engine.on_client_failure == "fail":
-                    raise RuntimeError(f"node {node} failed in {phase}: {failed[node]}")
-                if last:
-                    on_reply(phase)
-                else:
-                    retry.append(node)
-            pending, attempt = retry, attempt + 1
-        return sorted(answered)
+        return policy.send(grid, contents, phase, rnd, handled, lambda node: on_reply(phase))
 
     def collect(reply: Message) -> None:
         extra = set(reply.content.keys()) - {"payload", "meta"}

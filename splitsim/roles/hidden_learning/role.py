@@ -27,7 +27,15 @@ from splitsim.engine.resources import resolve_device
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, majority_rate
 from splitsim.registry import DATASETS, MODELS
-from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
+from splitsim.roles.base import (
+    AttackOutput,
+    Evaluation,
+    Received,
+    Role,
+    Truth,
+    check_faults,
+    register,
+)
 from splitsim.roles.hidden_learning import report
 from splitsim.roles.hidden_learning.attack import (
     adapt_to_defences,
@@ -147,17 +155,9 @@ class HiddenLearningSupplier(Role):
                     f"unknown secret {secret!r} of {scenario.dataset.name}; "
                     f"allowed: {', '.join(known)}",
                 )
-        for i, fault in enumerate(scenario.engine.faults):
-            if fault.phase not in ("install", "collect"):
-                raise ScenarioError(
-                    source, f"engine.faults.{i}.phase", "a supplier's deployment: install, collect"
-                )
-            if fault.partition >= scenario.deployment.clients:
-                raise ScenarioError(
-                    source,
-                    f"engine.faults.{i}.partition",
-                    f"must be below deployment.clients ({scenario.deployment.clients})",
-                )
+        clients = scenario.deployment.clients
+        check_faults(scenario, source, ("install", "collect"), "a supplier's deployment",
+                     clients, f"must be below deployment.clients ({clients})")  # fmt: skip
         for i, spec in enumerate(scenario.defences):
             if getattr(spec.params, "during_training", False):
                 raise ScenarioError(

@@ -17,15 +17,25 @@ the phase); the wire log records each one:
 Schedules: ``parallel`` (SplitFed: every node in every step, f2 updated on each node's batch in
 node order, f1 copies averaged by FedAvg, weighted by data size, after each round) and
 ``sequential`` (nodes take turns, each passing its weights on).
+
+Resuming a killed run: after each finished round the server checkpoints its own side (its
+segment, optimiser, random state, the averaged client weights, the history, where the wire log
+stood), and each owner, as it hands in its weights for a round, snapshots its own state
+(weights, Adam's moments) on its persistent storage, keeping the last two rounds. A resumed run
+says hello again (node ids are new) and starts round r+1 with ``restore=r``: each owner puts
+its own round-r snapshot back. Neither side reads the other's files.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import io
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,12 +49,15 @@ from splitsim import seeds
 from splitsim.data.partitions import test_partition, train_partition
 from splitsim.engine import identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
-from splitsim.engine.grid import reply_timeout, send_and_receive, silent_error, wait_for_nodes
+from splitsim.engine.failures import ClientFailed, Policy
+from splitsim.engine.faults import maybe_fail
+from splitsim.engine.grid import wait_for_nodes
 from splitsim.engine.node_state import open_state
 from splitsim.engine.resources import resolve_device
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.roles.base import ServerError, surfaced
+from splitsim.runs import write_atomic
 from splitsim.scenario import Scenario
 
 
@@ -76,13 +89,13 @@ def _cached_forward(state: object, pid: int, rnd: int, step: int) -> torch.Tenso
     return entry[3]
 
 
-def client_app(scenario: Scenario, state_dir: str) -> ClientApp:
+def client_app(scenario: Scenario, state_dir: str, keep: str | None = None) -> ClientApp:
     app = ClientApp()
     # Flower pickles the app again for every message it hands an actor. A closure goes by value
     # (3 ms here, most of it Ray's pickler scanning sys.modules for each module its globals name:
     # 23 % of py-spy's samples of the server process at 100 owners); a module-level function
     # with the run's settings bound goes by reference (0.1 ms).
-    app.query()(functools.partial(_handle, scenario, state_dir))
+    app.query()(functools.partial(_handle, scenario, state_dir, keep))
     return app
 
 
@@ -100,7 +113,40 @@ def _segment(scenario: Scenario) -> nn.Module:
     return copy.deepcopy(_SEGMENTS[key])
 
 
-def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) -> Message:
+def _snapshot(keep: str, pid: int, rnd: int) -> Path:
+    return Path(keep) / f"node-{pid}.round-{rnd}.bin"
+
+
+def _save_snapshot(state: object, keep: str, pid: int, rnd: int) -> None:
+    """The owner's own state at the end of round ``rnd``, on its persistent storage; the
+    round before stays too, in case the server's checkpoint of this round never lands."""
+    Path(keep).mkdir(parents=True, exist_ok=True)
+    write_atomic(_snapshot(keep, pid, rnd), state.flat.numpy().tobytes())
+    _snapshot(keep, pid, rnd - 2).unlink(missing_ok=True)
+
+
+def _restore_snapshot(state: object, keep: str | None, pid: int, rnd: int) -> None:
+    path = None if keep is None else _snapshot(keep, pid, rnd)
+    if path is None or not path.is_file():
+        raise RuntimeError(f"data owner {pid} has no snapshot of round {rnd} to resume from")
+    saved = np.fromfile(path, dtype=np.float32)
+    if saved.size != state.flat.numel():
+        raise RuntimeError(f"data owner {pid}: the snapshot of round {rnd} is the wrong size")
+    with torch.no_grad():
+        state.flat.copy_(torch.from_numpy(saved))
+
+
+def _last_applied(path: Path) -> tuple[int, int] | None:
+    try:
+        rnd, step = path.read_text().split()
+    except (FileNotFoundError, ValueError):
+        return None
+    return int(rnd), int(step)
+
+
+def _handle(
+    scenario: Scenario, state_dir: str, keep: str | None, msg: Message, context: Context
+) -> Message:
     """One message to data owner ``context``'s node: hello, a training step, inference or
     handing over to a colluding server."""
     role = scenario.role.params
@@ -117,7 +163,12 @@ def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) 
         mine = train_partition(len(x_train), clients, pid, scenario.seed)
         meta = ConfigRecord({"partition": pid, "train_samples": len(mine)})
         return Message(RecordDict({"meta": meta}), reply_to=msg)
+    if scenario.engine.faults and phase in ("train", "infer"):  # failures on purpose
+        rnd = int(cfg["round"]) if phase == "train" else scenario.training.epochs + 1
+        maybe_fail(scenario.engine.faults, pid, rnd, phase, Path(state_dir))
     state = open_state(state_dir, pid, lambda: _segment(scenario), scenario.training.lr)
+    if "restore" in cfg:  # a resumed run: this owner's own state as its last round left it
+        _restore_snapshot(state, keep, pid, int(cfg["restore"]))
     if "segment" in msg.content:
         state.load_weights(record_to_arrays(msg.content["segment"]))
     if phase == "train":
@@ -127,7 +178,9 @@ def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) 
             train_partition(len(x_train), clients, pid, scenario.seed), scenario.seed, pid, rnd
         )
         steps = math.ceil(len(order) / batch)
-        if "grad" in msg.content:
+        applied = Path(state_dir) / f"node-{pid}.applied"
+        # A retried message whose gradient this owner already applied is not applied twice.
+        if "grad" in msg.content and _last_applied(applied) != (rnd, step):
             idx = order[(step - 1) * batch : step * batch]
             x = torch.from_numpy(x_train[idx])
             z = _cached_forward(state, pid, rnd, step - 1)
@@ -142,7 +195,11 @@ def _handle(scenario: Scenario, state_dir: str, msg: Message, context: Context) 
             state.optimizer.zero_grad()
             loss.backward()
             state.step()
+            if scenario.engine.on_client_failure == "retry":
+                applied.write_text(f"{rnd} {step}")
         if step >= steps:
+            if keep is not None:
+                _save_snapshot(state, keep, pid, rnd)
             content = RecordDict({"segment": arrays_to_record(state.weights())})
             return Message(content, reply_to=msg)
         idx = order[step * batch : (step + 1) * batch]
@@ -207,6 +264,21 @@ class SplitOutcome(ServerError):
     training_ids: list[np.ndarray] = field(default_factory=list)
     colluder: dict[str, np.ndarray] = field(default_factory=dict)
     round_trips: int = 0
+    failures: list[dict[str, object]] = field(default_factory=list)
+    dropped: dict[int, str] = field(default_factory=dict)  # owner -> where it was left out
+    resumed_after: list[int] = field(default_factory=list)  # rounds a resumed run started from
+
+
+CHECKPOINT = "split-server.pt"
+
+
+def load_checkpoint(folder: Path) -> dict[str, Any] | None:
+    """The server's own last checkpoint in ``folder``, or None. Tensors and plain data only
+    (``weights_only``): nothing in it is executed."""
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def fedavg(weights: dict[int, dict[str, np.ndarray]], sizes: dict[int, int]) -> dict:
@@ -227,36 +299,30 @@ def server_app(
     keep_training_ids: set[int],
     on_step: Callable[[], None],
     on_round: Callable[[dict[str, float]], None],
+    checkpoints: Path | None = None,
+    resume: dict[str, Any] | None = None,
 ) -> ServerApp:
+    """The server's side of split training; with ``checkpoints``, a checkpoint after each
+    round, and with ``resume`` (one of them), training goes on after its round."""
     app = ServerApp()
     role = scenario.role.params
     t = scenario.training
     clients = scenario.deployment.clients
 
+    policy = Policy(scenario.engine, wire, failures=outcome.failures)
+
     def send(
         grid: Grid, contents: dict[int, RecordDict], node_of: dict[int, int], phase: str, rnd: int
     ) -> dict[int, Message]:
-        messages = []
-        for pid in sorted(contents):
-            msg = Message(contents[pid], dst_node_id=node_of[pid], message_type="query")
-            wire.to_node(rnd, phase, node_of[pid], contents[pid])
-            messages.append(msg)
+        """One exchange under ``engine.on_client_failure``: the replies by owner. An owner
+        given up on is missing from them, and the caller drops it."""
         pid_of = {node: pid for pid, node in node_of.items()}
         replies: dict[int, Message] = {}
-        timeout = reply_timeout(scenario.engine.client_timeout_s)
-        answered = set()
-        for reply in send_and_receive(grid, messages, timeout=timeout):
-            answered.add(reply.metadata.src_node_id)
-            node = reply.metadata.src_node_id
-            wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
-            if reply.has_error():
-                raise RuntimeError(f"node {node} failed in {phase}: {reply.error.reason}")
-            replies[pid_of.get(node, -1)] = reply
-        silent = [
-            m.metadata.dst_node_id for m in messages if m.metadata.dst_node_id not in answered
-        ]
-        if silent:
-            raise silent_error(silent, phase, timeout)
+
+        def keep(reply: Message) -> None:
+            replies[pid_of[reply.metadata.src_node_id]] = reply
+
+        policy.send(grid, {node_of[pid]: c for pid, c in contents.items()}, phase, rnd, keep)
         outcome.round_trips += 1
         return replies
 
@@ -294,24 +360,51 @@ def server_app(
         optimizer = torch.optim.Adam(server.parameters(), lr=t.lr)
         loss_fn = nn.CrossEntropyLoss()
         pids = sorted(node_of)
-        turns = [pids] if role.schedule == "parallel" else [[p] for p in pids]
+        first, restoring, restore_round = 1, set(), 0
+        if resume is not None:
+            server.load_state_dict(resume["server"])
+            optimizer.load_state_dict(resume["optimizer"])
+            torch.set_rng_state(resume["rng"])
+            weights = {k: v.numpy() for k, v in resume["weights"].items()}
+            outcome.history = list(resume["history"])
+            outcome.round_trips += int(resume["round_trips"])
+            outcome.resumed_after = [*resume["resumed_after"], int(resume["round"])]
+            outcome.failures[:0] = resume["failures"]
+            outcome.dropped = {int(k): v for k, v in resume["dropped"].items()}
+            first = int(resume["round"]) + 1
+            restoring, restore_round = set(pids), int(resume["round"])
 
-        for rnd in range(1, t.epochs + 1):
+        def active() -> list[int]:
+            left = [pid for pid in pids if pid not in outcome.dropped]
+            if not left:
+                raise ClientFailed(f"every data owner was left out: {outcome.dropped}")
+            return left
+
+        def drop(asked: dict[int, RecordDict], replies: dict[int, Message], where: str) -> None:
+            for pid in sorted(set(asked) - set(replies)):  # given up on: out of training
+                outcome.dropped[pid] = where
+
+        for rnd in range(first, t.epochs + 1):
             seen, correct, loss_sum = 0, 0, 0.0
+            owners = active()
+            turns = [owners] if role.schedule == "parallel" else [[p] for p in owners]
             for group in turns:
-                pending = {
-                    pid: RecordDict(
+                pending = {}
+                for pid in group:
+                    # an owner's first message after a resume: put its own snapshot back
+                    restore = {"restore": restore_round} if pid in restoring else {}
+                    restoring.discard(pid)
+                    pending[pid] = RecordDict(
                         {
-                            "config": _config("train", round=rnd, step=0),
+                            "config": _config("train", round=rnd, step=0, **restore),
                             "segment": arrays_to_record(weights),
                         }
                     )
-                    for pid in group
-                }
                 step_of = dict.fromkeys(group, 0)
                 collected: dict[int, dict[str, np.ndarray]] = {}
                 while pending:
                     replies = send(grid, pending, node_of, "train", rnd)
+                    drop(pending, replies, f"train round {rnd}")
                     pending = {}
                     for pid in sorted(replies):
                         content = replies[pid].content
@@ -346,27 +439,35 @@ def server_app(
                             }
                         )
                         on_step()
-                weights = (
-                    fedavg(collected, outcome.train_samples)
-                    if role.schedule == "parallel"
-                    else collected[group[0]]
-                )
+                if role.schedule == "parallel":
+                    if not collected:
+                        raise ClientFailed(f"every data owner was left out in round {rnd}")
+                    weights = fedavg(collected, outcome.train_samples)
+                elif group[0] in collected:  # a dropped owner's turn passes nothing on
+                    weights = collected[group[0]]
             row = {"round": rnd, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
             outcome.history.append(row)
             on_round(row)
+            if checkpoints is not None and rnd < t.epochs:
+                save_checkpoint(checkpoints, rnd, server, optimizer, weights, outcome, wire)
 
         outcome.client_weights = weights
         outcome.server = server.cpu()
         contents = {
             pid: RecordDict({"config": _config("infer"), "segment": arrays_to_record(weights)})
-            for pid in pids
+            for pid in active()
         }
-        for pid, reply in send(grid, contents, node_of, "infer", t.epochs + 1).items():
+        replies = send(grid, contents, node_of, "infer", t.epochs + 1)
+        drop(contents, replies, "infer")
+        for pid, reply in replies.items():
             outcome.inference[pid] = record_to_arrays(reply.content["intermediate"])["z"]
         if role.access == "colluding":
             colluder = pids[role.colluder % len(pids)]
             content = RecordDict({"config": _config("collude")})
-            reply = send(grid, {colluder: content}, node_of, "collude", t.epochs + 2)[colluder]
+            handed = send(grid, {colluder: content}, node_of, "collude", t.epochs + 2)
+            if colluder not in handed:  # the attack needs what it hands over
+                raise ClientFailed(f"the colluding data owner {colluder} did not hand over")
+            reply = handed[colluder]
             outcome.colluder = {
                 **{
                     f"segment.{k}": v for k, v in record_to_arrays(reply.content["segment"]).items()
@@ -375,3 +476,31 @@ def server_app(
             }
 
     return app
+
+
+def save_checkpoint(
+    folder: Path,
+    rnd: int,
+    server: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    weights: dict[str, np.ndarray],
+    outcome: SplitOutcome,
+    wire: WireLog,
+) -> None:
+    """The server's side after round ``rnd``, written atomically; the owners keep theirs."""
+    state = {
+        "round": rnd,
+        "server": {k: v.detach().cpu() for k, v in server.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": torch.get_rng_state(),
+        "weights": {k: torch.from_numpy(v.copy()) for k, v in weights.items()},
+        "history": outcome.history,
+        "round_trips": outcome.round_trips,
+        "resumed_after": outcome.resumed_after,
+        "failures": outcome.failures,
+        "dropped": {str(k): v for k, v in outcome.dropped.items()},
+        "wire": wire.state(),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomic(folder / CHECKPOINT, buffer.getvalue())

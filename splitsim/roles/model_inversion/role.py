@@ -33,17 +33,27 @@ from splitsim.data.score_data import partition_sizes
 from splitsim.decoding import reconstruct
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
+from splitsim.engine import hosting
 from splitsim.engine.resources import resolve_device
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, distance_correlation_batches, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
 from splitsim.registry import DATASETS, DEFENCES
-from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
+from splitsim.roles.base import (
+    AttackOutput,
+    Evaluation,
+    Received,
+    Role,
+    Truth,
+    check_faults,
+    register,
+)
 from splitsim.roles.model_inversion import report
 from splitsim.roles.model_inversion.attack import intermediates, train_decoder
 from splitsim.roles.model_inversion.protocol import (
     SplitOutcome,
     client_app,
+    load_checkpoint,
     server_app,
     split_parts,
 )
@@ -69,6 +79,9 @@ class InversionReceived(Received):
     history: list[dict[str, float]]
     train_samples: dict[str, int]
     round_trips: int
+    resumed_after: list[int] = field(default_factory=list)  # rounds a killed run went on from
+    failures: list[dict[str, Any]] = field(default_factory=list)  # every failed try
+    dropped: dict[str, str] = field(default_factory=dict)  # owner -> where it was left out
 
 
 @dataclass(kw_only=True)
@@ -131,6 +144,7 @@ class ModelInversionServer(Role):
     models = {"split": "split_cnn"}
     report = report
     datasets = ("mnist",)
+    fault_tolerant = True  # engine.faults / on_client_failure: an owner given up on leaves training
     received_type = InversionReceived
     adaptive_override = "role.adaptive=true"
     attack_params = frozenset(
@@ -146,8 +160,8 @@ class ModelInversionServer(Role):
         return cls.attack_params
 
     @classmethod
-    def client_app(cls, scenario: Scenario, storage: str):  # noqa: ANN206
-        return client_app(scenario, storage)
+    def client_app(cls, scenario: Scenario, storage: str, keep: str | None = None):  # noqa: ANN206
+        return client_app(scenario, storage, keep)
 
     @staticmethod
     def summary(metrics: dict) -> dict:
@@ -213,6 +227,9 @@ class ModelInversionServer(Role):
                 "role.colluder",
                 f"must be below deployment.clients ({scenario.deployment.clients})",
             )
+        clients = scenario.deployment.clients
+        check_faults(scenario, source, ("train", "infer"), "split training", clients,
+                     f"must be below deployment.clients ({clients})")  # fmt: skip
         if scenario.deployment.users > MNIST_TEST:
             raise ScenarioError(
                 source, "deployment.users", f"at most {MNIST_TEST} (the MNIST test images)"
@@ -232,7 +249,17 @@ class ModelInversionServer(Role):
             math.ceil(n / t.batch_size) for n in partition_sizes(n_train, clients)
         )
         outcome = SplitOutcome()
+        # A run in Flower's simulation checkpoints every round, and a resumed one goes on from
+        # the last; under the deployment engine the owners' own machines would have to keep
+        # their snapshots across runs, which a SuperNode's temp folder does not.
+        checkpoints = self.run.checkpoints if hosting.current() is None else None
+        resume = load_checkpoint(checkpoints) if checkpoints and self.run.resumed else None
+        if resume is not None:
+            self.resume_wire(resume["wire"])
+            self.run.console.print(f"split training goes on after round {resume['round']}")
         with self.run.phase("split training", t.epochs * steps_per_round) as advance:
+            if resume is not None:
+                advance(n=int(resume["round"]) * steps_per_round)
 
             def on_round(row: dict[str, float]) -> None:
                 self.run.console.log(
@@ -240,10 +267,9 @@ class ModelInversionServer(Role):
                     f"{100 * row['train_accuracy']:.2f} %, loss {row['train_loss']:.4f}"
                 )
 
-            server = server_app(
-                self.scenario, self.wire, outcome, set(keep.tolist()), advance, on_round
-            )
-            self.flower(server, outcome)
+            server = server_app(self.scenario, self.wire, outcome, set(keep.tolist()),
+                                advance, on_round, checkpoints, resume)  # fmt: skip
+            self.flower(server, outcome, keep=checkpoints / "owners" if checkpoints else None)
         if outcome.client_weights is None or outcome.server is None:
             raise RuntimeError("the Flower ServerApp ended before training finished")
         pids = sorted(outcome.inference)
@@ -269,6 +295,9 @@ class ModelInversionServer(Role):
             history=outcome.history,
             train_samples={str(k): v for k, v in outcome.train_samples.items()},
             round_trips=outcome.round_trips,
+            resumed_after=outcome.resumed_after,
+            failures=outcome.failures,
+            dropped={str(k): v for k, v in outcome.dropped.items()},
         )
 
     # -- 2. attack: a decoder from intermediate tensors back to images -----------------
@@ -419,6 +448,9 @@ class ModelInversionServer(Role):
                 "data_owners": self.scenario.deployment.clients,
                 "train_samples": received.train_samples,
                 "round_trips": received.round_trips,
+                "resumed_after_rounds": received.resumed_after,
+                "failures": received.failures,
+                "owners_left_out": received.dropped,
             },
             "wire": received.wire,
         }

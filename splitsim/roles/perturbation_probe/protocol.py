@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -37,12 +38,14 @@ from splitsim import seeds
 from splitsim.data.partitions import test_partition
 from splitsim.engine import identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays, record_to_state
-from splitsim.engine.grid import exchange, reply_timeout, silent_error, wait_for_nodes
+from splitsim.engine.failures import Policy
+from splitsim.engine.faults import maybe_fail
+from splitsim.engine.grid import wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.roles.base import ServerError, surfaced
 from splitsim.roles.perturbation_probe.attack import REFUSED, Signatures, search
-from splitsim.scenario import Plugin, Scenario
+from splitsim.scenario import Engine, Plugin, Scenario
 
 
 def defence_settings(configured: list[Plugin], compare: bool) -> list[tuple[str, list[Plugin]]]:
@@ -96,6 +99,7 @@ class ProbeOutcome(ServerError):
     signatures: dict[int, Signatures] = field(default_factory=dict)
     partitions: list[int] = field(default_factory=list)  # partition of each owner, in order
     sizes: list[int] = field(default_factory=list)
+    failures: list[dict[str, object]] = field(default_factory=list)  # every failed try
 
 
 def served_network(scenario: Scenario) -> torch.nn.Module:
@@ -110,15 +114,15 @@ def secret_inputs(scenario: Scenario, pid: int) -> np.ndarray:
     return x[test_partition(len(x), users, clients, pid, scenario.seed)]
 
 
-def client_app(scenario: Scenario) -> ClientApp:
+def client_app(scenario: Scenario, storage: str) -> ClientApp:
     app = ClientApp()
     # A module-level handler with its settings bound: Flower pickles the app for every
     # message, and a closure would go by value (see model_inversion/protocol.client_app).
-    app.query()(functools.partial(_handle, scenario))
+    app.query()(functools.partial(_handle, scenario, storage))
     return app
 
 
-def _handle(scenario: Scenario, msg: Message, context: Context) -> Message:
+def _handle(scenario: Scenario, storage: str, msg: Message, context: Context) -> Message:
     """One message to a data owner: hello, install a session's model and directions, or
     answer one search step's queries with label-change bits."""
     seed = scenario.seed
@@ -137,8 +141,10 @@ def _handle(scenario: Scenario, msg: Message, context: Context) -> Message:
         return Message(RecordDict(), reply_to=msg)
     if phase != "probe":
         raise ValueError(f"unknown phase {phase!r}")
-    chosen = defence_lib.build(sessions(scenario)[session].defences)
     step = int(config["step"])
+    if scenario.engine.faults:  # failures on purpose; a probe's round is its search step
+        maybe_fail(scenario.engine.faults, pid, step, "probe", Path(storage))
+    chosen = defence_lib.build(sessions(scenario)[session].defences)
     q = record_to_arrays(msg.content["queries"])
     inputs, dirs, eps = q["input"], q["direction"], q["eps"]
     spent = record_to_arrays(context.state[f"spent{session}"])["spent"]
@@ -183,28 +189,21 @@ def server_app(
     wire: WireLog,
     outcome: ProbeOutcome,
     on_step: Callable[[int, int, int], None],
-    timeout_s: float | None = None,
+    engine: Engine,
 ) -> ServerApp:
-    """The adversary: one search per session over every data owner's inputs at once."""
+    """The adversary: one search per session over every data owner's inputs at once. A
+    failed exchange is retried under ``engine.on_client_failure: retry``; the search cannot
+    go on without an owner's bits, so an owner given up on ends the run."""
     app = ServerApp()
+    policy = Policy(engine, wire, failures=outcome.failures, can_skip=False)
 
     def send(grid: Grid, contents: dict[int, RecordDict], phase: str, rnd: int) -> dict:
-        messages = []
-        for node, content in contents.items():
-            wire.to_node(rnd, phase, node, content)
-            messages.append(Message(content, dst_node_id=node, message_type="query"))
         replies: dict[int, Message] = {}
 
         def keep(reply: Message) -> None:
-            wire.from_node(rnd, phase, reply)  # an error reply too: the log misses nothing
-            if reply.has_error():
-                raise RuntimeError(f"data owner {reply.metadata.src_node_id}: {reply.error.reason}")
             replies[reply.metadata.src_node_id] = reply
 
-        timeout = reply_timeout(timeout_s)
-        silent = exchange(grid, messages, len(messages), keep, timeout)
-        if silent:
-            raise silent_error(silent, phase, timeout)
+        policy.send(grid, contents, phase, rnd, keep)
         return replies
 
     def config(phase: str, session: int = -1, step: int = 0) -> ConfigRecord:

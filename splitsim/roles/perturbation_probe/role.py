@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -40,7 +40,15 @@ from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
 from splitsim.registry import DATASETS
-from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
+from splitsim.roles.base import (
+    AttackOutput,
+    Evaluation,
+    Received,
+    Role,
+    Truth,
+    check_faults,
+    register,
+)
 from splitsim.roles.perturbation_probe import report
 from splitsim.roles.perturbation_probe.attack import (
     Signatures,
@@ -74,6 +82,7 @@ class ProbeReceived(Received):
     refused: list[np.ndarray]
     queries: list[np.ndarray]
     steps: list[int]
+    failures: list[dict[str, Any]] = field(default_factory=list)  # every failed try
 
     def signatures(self, k: int) -> Signatures:
         return Signatures(
@@ -129,17 +138,21 @@ class PerturbationProber(Role):
     models = {"served": "probe_cnn"}
     report = report
     datasets = ("mnist",)
+    fault_tolerant = True  # engine.faults / on_client_failure: retry; the search needs everyone
     received_type = ProbeReceived
     adaptive_override = None  # the adversary trains on its own undefended model
     attack_params = frozenset({"aux_size", "decoder_epochs"})
 
     @classmethod
     def client_app(cls, scenario: Scenario, storage: str):  # noqa: ANN206
-        return client_app(scenario)
+        return client_app(scenario, storage)
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:
         p = scenario.role.params
+        clients = scenario.deployment.clients
+        check_faults(scenario, source, ("probe",), "probing", clients,
+                     f"must be below deployment.clients ({clients})")  # fmt: skip
         if len(set(p.directions)) != len(p.directions):
             raise ScenarioError(source, "role.directions", "each kind at most once")
         if p.aux_size > AUX_MAX:
@@ -196,8 +209,7 @@ class PerturbationProber(Role):
         with self.run.phase("probing over Flower", len(passes) * p.max_steps, timed=False) as tick:
             server = server_app(passes, dirs, state, scenario.deployment.clients,
                                 self._search_args(), self.wire, outcome,
-                                lambda k, step, left: tick(),
-                                scenario.engine.client_timeout_s)  # fmt: skip
+                                lambda k, step, left: tick(), scenario.engine)  # fmt: skip
             self.flower(server, outcome)
         if len(outcome.signatures) != len(passes):
             raise RuntimeError("the Flower ServerApp ended before probing finished")
@@ -212,6 +224,7 @@ class PerturbationProber(Role):
             refused=[s.refused for s in sig],
             queries=[s.queries for s in sig],
             steps=[s.steps for s in sig],
+            failures=outcome.failures,
         )
 
     # -- 2. attack: the adversary's own signatures, a decoder per kind ------------------
@@ -313,6 +326,7 @@ class PerturbationProber(Role):
                 "training_signature_queries_per_input": output.training_queries,
                 "decoder_history": output.decoder_history,
             },
+            "failures": received.failures,
             "wire": received.wire,
         }
         plots = {
