@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import math
@@ -93,6 +94,7 @@ def write_atomic(path: Path, data: str | bytes) -> None:
             os.close(folder)
 
 
+@functools.lru_cache(maxsize=1)
 def code_digest() -> str:
     """A digest of the package's code: work computed by other code is computed again."""
     digest = hashlib.sha256()

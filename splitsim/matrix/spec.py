@@ -11,7 +11,6 @@ one line naming the file and the field, exit 2.
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import json
 import re
@@ -117,7 +116,6 @@ def _without_nulls(value: Any) -> Any:
     return value
 
 
-@functools.lru_cache(maxsize=1)
 def cell_id(scenario: dict) -> str:
     """Content hash of what the cell computes (its name and output folder excluded), and of
     the code that computes it."""
