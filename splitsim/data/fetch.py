@@ -10,6 +10,7 @@ idempotently; with internet, ``download: true`` in a scenario uses torchvision's
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 import tarfile
@@ -50,11 +51,30 @@ def unpack_gz(sources: list[Path], raw: Path) -> None:
         Path(tmp_name).replace(target)
 
 
-def from_local_sources(root: str | Path, name: str) -> bool:
-    """Fill the raw folder from gzipped IDX files already on this machine; True if complete."""
+def _places(root: str | Path, name: str) -> list[Path]:
+    """Where gzipped IDX files of ``name`` may lie, in the order they are unpacked from."""
+    return [raw_folder(root, name)] + ([DEBIAN_FASHION] if name == "fashion_mnist" else [])
+
+
+def _readable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.R_OK)
+
+
+def available(root: str | Path, name: str) -> bool:
+    """Every IDX file is here to read, unpacked or gzipped, checked without unpacking: a
+    scenario is validated before its run starts, and a refused one leaves the root as it was."""
     raw = raw_folder(root, name)
-    places = [raw] + ([DEBIAN_FASHION] if name == "fashion_mnist" else [])
-    for place in places:
+    return all(
+        _readable(raw / f) or any(_readable(place / f"{f}.gz") for place in _places(root, name))
+        for f in IDX_FILES
+    )
+
+
+def from_local_sources(root: str | Path, name: str) -> bool:
+    """Fill the raw folder from gzipped IDX files already on this machine; True if complete.
+    This writes into the root: call it when a run reads the files, not to validate one."""
+    raw = raw_folder(root, name)
+    for place in _places(root, name):
         gz = [place / f"{f}.gz" for f in IDX_FILES if (place / f"{f}.gz").exists()]
         if gz:
             unpack_gz(gz, raw)

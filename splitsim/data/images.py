@@ -171,7 +171,7 @@ class FashionMNIST(ImageDataset):
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
-        if params.download or fetch.from_local_sources(params.root, "fashion_mnist"):
+        if params.download or fetch.available(params.root, "fashion_mnist"):
             return None
         return (
             "dataset.root",
