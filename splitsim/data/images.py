@@ -78,7 +78,11 @@ def cifar10_problem(root: str, record: bool) -> str | None:
     which only the run's reader does: validation leaves the dataset root as it found it.
     """
     folder = Path(root) / CIFAR_FOLDER
-    if not folder.is_dir():
+    try:
+        found = folder.is_dir()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL in it
+        return f"cannot read {root} ({getattr(err, 'strerror', None) or err})"
+    if not found:
         return (
             f"CIFAR-10 not found in {folder}; unpack the python version of CIFAR-10 there "
             "or set dataset.download: true"
@@ -245,13 +249,10 @@ class FashionMNIST(ImageDataset):
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
-        if params.download or fetch.available(params.root, "fashion_mnist"):
+        if params.download:
             return None
-        return (
-            "dataset.root",
-            f"Fashion-MNIST not found in {params.root}/FashionMNIST/raw; run "
-            "`python -m splitsim fetch fashion_mnist` or set dataset.download: true",
-        )
+        problem = fetch.problem(params.root, "fashion_mnist")
+        return None if problem is None else ("dataset.root", problem)
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:

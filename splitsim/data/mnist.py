@@ -40,13 +40,10 @@ class MNIST(ImageDataset):
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
-        if params.download or fetch.available(params.root, "mnist"):
+        if params.download:
             return None
-        return (
-            "dataset.root",
-            f"MNIST not found in {params.root}/MNIST/raw; run `python -m splitsim fetch mnist` "
-            "or set dataset.download: true",
-        )
+        problem = fetch.problem(params.root, "mnist")
+        return None if problem is None else ("dataset.root", problem)
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -91,7 +88,10 @@ class MNIST(ImageDataset):
 
 
 def emnist_available(root: str) -> bool:
-    return (Path(root) / "EMNIST" / "raw" / EMNIST_FILE).exists()
+    try:
+        return (Path(root) / "EMNIST" / "raw" / EMNIST_FILE).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        return False
 
 
 @functools.lru_cache(maxsize=2)

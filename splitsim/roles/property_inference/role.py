@@ -107,7 +107,7 @@ class PropertyInferenceParticipant(Role):
         compare_alphas: list[float] = Field(
             [1.0], description="further alphas run for comparison (1.0: the passive attacker)"
         )
-        rounds: int = Field(90, ge=2, description="FedAvg rounds")
+        rounds: int = Field(90, ge=2, le=10_000, description="FedAvg rounds (the paper: 90)")
         target: int = Field(0, ge=0, description="partition of the target participant")
         target_fraction: float = Field(
             0.2, gt=0, le=1, description="share of property records in a target's property round"
