@@ -498,14 +498,25 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
     parsed for a minute), refusing a key given twice instead of keeping the last."""
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML's safe dumper, quoting every string that ``_Loader`` would read as a number."""
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
 # YAML 1.2's floats without a dot (``lr: 1e-3``): YAML 1.1 reads them as strings, which the
 # strict validation would refuse where a number goes.
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that :func:`read_yaml` reads back as the same data (a name ``1e5``
+    stays a string), for the scenario files splitsim writes."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def read_yaml(path: str | Path, what: str = "scenario") -> Any:

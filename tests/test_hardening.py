@@ -373,12 +373,17 @@ def test_malformed_input_corpus(tmp_path, capsys, case):
     assert elapsed < 10
 
 
-def test_numbers_are_read_as_yaml_wrote_them():
-    from splitsim.scenario import load_scenario
+def test_numbers_are_read_as_yaml_wrote_them(tmp_path):
+    from splitsim.scenario import dump_yaml, load_scenario
 
     # strict validation, and floats without a dot read as numbers (YAML 1.1 reads a string)
-    scenario = load_scenario(COVID, ["training.lr=1e-4", "engine.num_cpus=2"])
+    scenario = load_scenario(COVID, ["training.lr=1e-4", "engine.num_cpus=2", "name='1e5'"])
     assert scenario.training.lr == 1e-4 and scenario.engine.num_cpus == 2.0
+    # What a run folder records reads back the same: the name that looks like a number stays
+    # a name (quoted), or a re-attack of the run would refuse its own scenario.yaml.
+    path = tmp_path / "scenario.yaml"
+    path.write_text(dump_yaml(scenario.resolved()))
+    assert load_scenario(path).resolved() == scenario.resolved()
 
 
 @pytest.mark.parametrize("kind", ["fifo", "endless_device"])
