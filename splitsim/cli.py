@@ -62,9 +62,11 @@ def cmd_list(console: Console) -> int:
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from splitsim.scenario import load_scenario
+    from splitsim.scenario import check_output_folder, load_scenario
 
     scenario = load_scenario(args.scenario, args.overrides)  # bad input stops here, no folder yet
+    field = "--out" if args.out else "output_dir"
+    check_output_folder(args.out or scenario.output_dir, args.scenario, field)
     if scenario.engine.mode == "deployment":
         from splitsim.engine.deployment import run_deployed
 
@@ -86,8 +88,10 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
     from splitsim.matrix import report
     from splitsim.matrix.runner import lock_folder, run_cells
+    from splitsim.scenario import check_output_folder
 
     out = Path(args.out or Path(matrix.output_dir) / matrix.name).resolve()
+    check_output_folder(out, args.matrix, "--out" if args.out else "output_dir")
     out.mkdir(parents=True, exist_ok=True)
     na = sum(c.scenario is None for c in cells)
     console.print(

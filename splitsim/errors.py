@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+FIELD_MAX, MESSAGE_MAX = 200, 2000
+
+
+def one_line(text: str, most: int) -> str:
+    """``text`` on one line of at most ``most`` characters: a key or value from the file may
+    hold a newline or be thousands of characters long, and the error quotes it."""
+    flat = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return flat if len(flat) <= most else flat[: most - 3] + "..."
+
 
 class ScenarioError(Exception):
     """A scenario that cannot run as written. The CLI prints ``str(err)`` and exits 2."""
@@ -10,4 +19,6 @@ class ScenarioError(Exception):
         self.source = source
         self.field = field
         self.message = message
+        source, field = one_line(source, MESSAGE_MAX), one_line(field, FIELD_MAX)
+        message = one_line(message, MESSAGE_MAX)
         super().__init__(f"{source}: {field}: {message}" if field else f"{source}: {message}")

@@ -34,7 +34,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -44,7 +43,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from splitsim.scenario import Scenario
+from splitsim.scenario import Scenario, dump_yaml
 
 
 def versions() -> dict[str, str]:
@@ -230,7 +229,7 @@ def open_run(
         (staging / RESUME).mkdir()
         write_atomic(staging / RESUME / KEY, key + "\n")
         resolved = {**scenario.resolved(), "versions": versions()}
-        write_atomic(staging / "scenario.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        write_atomic(staging / "scenario.yaml", dump_yaml(resolved))
     progress = Progress(
         TextColumn("[bold]{task.description:<26}"),
         BarColumn(),

@@ -8,7 +8,9 @@ anything runs and reported as ``<file>: <field>: <what is allowed>``.
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -97,7 +99,7 @@ class Engine(Strict):
         100, ge=1, le=100_000, description="messages per send_and_receive call"
     )
     ray_cpus: int | None = Field(
-        None, ge=1, description="CPUs the simulation's local Ray may use (default: all)"
+        None, ge=1, le=1024, description="CPUs the simulation's local Ray may use (default: all)"
     )
     on_client_failure: Literal["skip", "retry", "fail"] = Field(
         "skip",
@@ -161,6 +163,42 @@ def folder_name(name: str) -> str:
     return name
 
 
+def folder_path(text: str) -> str:
+    """An output folder: any path a file system can name (no NUL, no newline)."""
+    if not text or len(text) > 4096 or not text.isprintable():
+        raise ValueError(
+            "a folder path of 1 to 4,096 printable characters ('.' for the current folder)"
+        )
+    return text
+
+
+def folder_problem(folder: str | Path) -> str | None:
+    """Why a folder cannot be written to or created, or None: it, or the nearest folder above
+    it that exists, must be a folder this user may write in."""
+    path = Path(folder).absolute()
+    for place in (path, *path.parents):
+        try:
+            info = place.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError as err:
+            return f"cannot use {folder} ({err.strerror})"
+        if not stat.S_ISDIR(info.st_mode):
+            return f"{place} is a file; allowed: a folder"
+        if not os.access(place, os.W_OK | os.X_OK):
+            return f"cannot write in {place}"
+        return None
+    return None
+
+
+def check_output_folder(folder: str | Path, source: str, field: str) -> None:
+    """The folder runs are written to, checked before anything runs: otherwise creating the
+    run folder fails after the scenario was accepted."""
+    problem = folder_problem(folder)
+    if problem is not None:
+        raise ScenarioError(source, field, problem)
+
+
 def name_from_file(source: str) -> str:
     """The default name: the file's stem, in the characters a folder name allows."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(source).stem).lstrip(".-_")[:100]
@@ -186,6 +224,11 @@ class Scenario(Strict):
     def _folder(cls, name: str) -> str:
         return folder_name(name)
 
+    @field_validator("output_dir")
+    @classmethod
+    def _output(cls, path: str) -> str:
+        return folder_path(path)
+
     def resolved(self) -> dict[str, Any]:
         """Every field with its default filled in, as plain YAML-able data."""
         return self.model_dump(mode="json")
@@ -197,16 +240,18 @@ def apply_override(data: dict[str, Any], expr: str, source: str) -> None:
         raise ScenarioError(source, f"--set {expr}", "expected key=value, e.g. --set seed=3")
     path, _, text = expr.partition("=")
     keys = path.strip().split(".")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ScenarioError(source, path, f"--set value is not valid YAML ({err})") from None
+    if not all(keys):
+        raise ScenarioError(
+            source, f"--set {path}", "a dotted field path with no empty part, e.g. engine.num_cpus"
+        )
+    value = parse_yaml(text, source, field=path.strip())
     node: Any = data
     for depth, key in enumerate(keys):
         last = depth == len(keys) - 1
         where = ".".join(keys[: depth + 1])
         if isinstance(node, list):
-            if not key.isdigit() or int(key) >= len(node):
+            # ASCII digits only: str.isdigit() also takes '²', which int() refuses
+            if not re.fullmatch(r"[0-9]{1,9}", key) or int(key) >= len(node):
                 raise ScenarioError(source, where, f"no item {key}; the list has {len(node)}")
             if last:
                 node[int(key)] = value
@@ -318,7 +363,7 @@ def _bind(plugin: Plugin, registry: Registry, loc: tuple[Any, ...], source: str)
     params_model: type[BaseModel] = registry.get(plugin.name).Params
     extras = dict(plugin.model_extra or {})
     try:
-        params = params_model.model_validate(extras)
+        params = params_model.model_validate(extras, strict=True)
     except ValidationError as err:
         raise _pydantic_error(err, source, params_model, loc) from None
     # Write the validated, default-filled fields back so the resolved scenario shows them.
@@ -336,7 +381,9 @@ def validate(data: Any, source: str) -> Scenario:
         raise ScenarioError(source, "", "a scenario must be a YAML mapping of fields")
     check_values(data, source)
     try:
-        scenario = Scenario.model_validate(data)
+        # strict: numbers and strings as YAML wrote them; ``seed: true`` or ``clients: "10"``
+        # is refused, not read as 1 and 10 as pydantic's lax mode would
+        scenario = Scenario.model_validate(data, strict=True)
     except ValidationError as err:
         raise _pydantic_error(err, source, Scenario) from None
     if not scenario.name:
@@ -422,6 +469,8 @@ def validate(data: Any, source: str) -> Scenario:
 
 MAX_FILE_BYTES = 1024 * 1024
 MAX_DEPTH = 64
+MAX_TEXT = 10_000
+MAX_VALUES = 100_000
 
 
 class _DuplicateKey(yaml.YAMLError):
@@ -450,26 +499,51 @@ class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[mi
     parsed for a minute), refusing a key given twice instead of keeping the last."""
 
 
+class _Dumper(yaml.SafeDumper):
+    """YAML's safe dumper, quoting every string that ``_Loader`` would read as a number."""
+
+
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+# YAML 1.2's floats without a dot (``lr: 1e-3``): YAML 1.1 reads them as strings, which the
+# strict validation would refuse where a number goes.
+for _cls in (_Loader, _Dumper):
+    _cls.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+
+
+def dump_yaml(data: Any) -> str:
+    """``data`` as YAML that :func:`read_yaml` reads back as the same data (a name ``1e5``
+    stays a string), for the scenario files splitsim writes."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)
 
 
 def read_yaml(path: str | Path, what: str = "scenario") -> Any:
-    """A scenario or matrix file as data, or one ScenarioError: missing, too large, not text,
-    not YAML, a key twice, nested too deeply."""
+    """A scenario or matrix file as data, or one ScenarioError: missing, not a regular file,
+    too large, not text, not YAML, a key twice, nested too deeply."""
     source = str(path)
     try:
-        size = Path(path).stat().st_size
-        if size > MAX_FILE_BYTES:
+        info = Path(path).stat()
+        # A FIFO or a device is never opened: reading one blocks, or never ends (/dev/zero).
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise ScenarioError(source, "", f"{kind}, not a {what} file")
+        if info.st_size > MAX_FILE_BYTES:
             raise ScenarioError(
-                source, "", f"a {what} file is at most 1 MiB (this one: {size:,} bytes)"
+                source, "", f"a {what} file is at most 1 MiB (this one: {info.st_size:,} bytes)"
             )
-        raw = Path(path).read_bytes()
+        with Path(path).open("rb") as handle:
+            raw = handle.read(MAX_FILE_BYTES + 1)  # it may have grown since stat
     except FileNotFoundError:
         raise ScenarioError(source, "", f"no such {what} file") from None
-    except IsADirectoryError:
-        raise ScenarioError(source, "", f"a folder, not a {what} file") from None
     except OSError as err:
         raise ScenarioError(source, "", f"cannot read the file ({err.strerror})") from None
+    except ValueError:  # a path holding a NUL (from a matrix file: argv cannot hold one)
+        raise ScenarioError(source, "", "not a file name (it holds a NUL character)") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ScenarioError(source, "", f"a {what} file is at most 1 MiB")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -478,32 +552,54 @@ def read_yaml(path: str | Path, what: str = "scenario") -> Any:
         ) from None
     if "\x00" in text:
         raise ScenarioError(source, "", f"not a text file (a NUL byte); a {what} is YAML")
+    return parse_yaml(text, source)
+
+
+def parse_yaml(text: str, source: str, field: str | None = None) -> Any:
+    """YAML text as data, or one ScenarioError. ``field``: the text is a ``--set`` value for
+    that field (errors name it), not a file (errors name the line)."""
+
+    def refuse(mark: yaml.Mark | None, problem: str, key: str = "") -> ScenarioError:
+        if field is not None:
+            return ScenarioError(source, field, f"--set value: {' '.join((key, problem)).strip()}")
+        line = f"line {mark.line + 1}" if mark is not None else ""
+        return ScenarioError(source, ": ".join(x for x in (line, key) if x), problem)
+
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 (a safe loader)
     except _DuplicateKey as err:
-        line = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
-        raise ScenarioError(
-            source, f"{line}{err.key}", "appears twice; give each key once"
-        ) from None
+        raise refuse(err.problem_mark, "appears twice; give each key once", str(err.key)) from None
     except RecursionError:
-        raise ScenarioError(source, "", f"nested too deeply (at most {MAX_DEPTH} levels)") from None
+        raise refuse(None, f"nested too deeply (at most {MAX_DEPTH} levels)") from None
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-        raise ScenarioError(source, where, f"invalid YAML: {problem}") from None
+        raise refuse(getattr(err, "problem_mark", None), f"invalid YAML: {problem}") from None
+    except ValueError as err:  # a scalar Python cannot build: an int of 5,000 digits, 2001-02-30
+        raise refuse(None, f"invalid YAML: {str(err).split(';')[0]}") from None
 
 
 def check_values(data: Any, source: str) -> None:
-    """Every number finite, and no deeper than ``MAX_DEPTH`` levels: an infinite learning
-    rate or noise scale is refused here, not discovered when training has started."""
+    """Every number finite, every string at most ``MAX_TEXT`` characters, at most
+    ``MAX_VALUES`` values, no deeper than ``MAX_DEPTH`` levels: an infinite learning rate or
+    noise scale is refused here, not discovered when training has started, and YAML aliases
+    that repeat a list of lists ("billion laughs") are refused before anything walks them."""
     stack: list[tuple[Any, tuple[Any, ...]]] = [(data, ())]
+    seen = 0
     while stack:
         node, where = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise ScenarioError(
+                source, "", f"more than {MAX_VALUES:,} values (each use of a YAML alias counts)"
+            )
         if len(where) > MAX_DEPTH:
             raise ScenarioError(source, "", f"nested too deeply (at most {MAX_DEPTH} levels)")
         if isinstance(node, float) and not math.isfinite(node):
             raise ScenarioError(source, _dotted(where), f"must be a finite number (got {node})")
+        if isinstance(node, str) and len(node) > MAX_TEXT:
+            raise ScenarioError(
+                source, _dotted(where), f"at most {MAX_TEXT:,} characters (got {len(node):,})"
+            )
         if isinstance(node, dict):
             stack += [(v, (*where, k)) for k, v in node.items()]
         elif isinstance(node, list):

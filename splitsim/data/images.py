@@ -3,9 +3,10 @@
 Both are read with torchvision's own dataset classes from ``dataset.root`` (default ``data``):
 ``<root>/FashionMNIST/raw`` (``python -m splitsim fetch fashion_mnist`` fills it offline) and
 ``<root>/cifar-10-batches-py`` (the "python version" archive from the CIFAR-10 site, unpacked;
-not available offline here). ``download: true`` lets torchvision fetch either where there is
-internet. The supplier trains on the training set (10 % held out for model selection, as in the
-paper); data owners hold test images, split across Flower nodes.
+not available offline here; each file's MD5 is checked against torchvision's list before it
+is unpickled). ``download: true`` lets torchvision fetch either where there is internet. The
+supplier trains on the training set (10 % held out for model selection, as in the paper); data
+owners hold test images, split across Flower nodes.
 
 torchvision is imported where a file is read, not with this module: importing it pulls in
 ``torch._dynamo`` (about 1.5 s), and every Flower client actor of a scenario that never reads
@@ -14,8 +15,10 @@ images (the Covid app's records) imports this module through the dataset registr
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import pickle
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,22 +40,97 @@ CIFAR_CLASSES = (
 )  # fmt: skip
 
 
+CIFAR_FOLDER = "cifar-10-batches-py"
+CHECKSUMS = "cifar10_md5.json"
+
+
+def _cifar10_files() -> list[tuple[str, str]]:
+    """CIFAR-10's files and MD5s as torchvision lists them: the one copy of the official sums."""
+    from torchvision import datasets
+
+    c = datasets.CIFAR10
+    return [*map(tuple, c.train_list + c.test_list), (c.meta["filename"], c.meta["md5"])]
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_checksums(path: Path) -> dict[str, Any]:
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: every file is hashed again
+        return {}
+    return known if isinstance(known, dict) else {}
+
+
+def cifar10_problem(root: str, record: bool) -> str | None:
+    """Why ``<root>/cifar-10-batches-py`` is not CIFAR-10's python version, or None.
+
+    The batch files are pickles, so each one's MD5 is compared with torchvision's before
+    anything unpickles it: a pickle runs code as it loads. Hashing 170 MB on every validation
+    (the driver's and each client actor's) is avoided by remembering a file's verified MD5
+    under its (path, size, mtime) in ``<root>/splitsim-cache``; ``record`` writes that memory,
+    which only the run's reader does: validation leaves the dataset root as it found it.
+    """
+    folder = Path(root) / CIFAR_FOLDER
+    try:
+        found = folder.is_dir()
+    except (OSError, ValueError) as err:  # a name too long for the file system, a NUL in it
+        return f"cannot read {root} ({getattr(err, 'strerror', None) or err})"
+    if not found:
+        return (
+            f"CIFAR-10 not found in {folder}; unpack the python version of CIFAR-10 there "
+            "or set dataset.download: true"
+        )
+    cache = Path(root) / "splitsim-cache" / CHECKSUMS
+    known = _read_checksums(cache)
+    verified: dict[str, Any] = {}
+    for name, md5 in _cifar10_files():
+        path = folder / name
+        try:
+            stat = path.stat()
+            key, stamp = str(path.resolve()), [stat.st_size, stat.st_mtime_ns]
+            seen = known.get(key)
+            if isinstance(seen, dict) and seen.get("stamp") == stamp and seen.get("md5") == md5:
+                continue
+            digest = _md5(path)
+        except FileNotFoundError:
+            return f"{name} is missing in {folder}; unpack the python version of CIFAR-10 there"
+        except OSError as err:
+            return f"cannot read {path} ({err.strerror})"
+        if digest != md5:
+            return (
+                f"{path} is not CIFAR-10's {name} (MD5 {digest}, expected {md5}); "
+                "unpack the python version of CIFAR-10 there again"
+            )
+        verified[key] = {"stamp": stamp, "md5": digest}
+    if record and verified:
+        from splitsim.runs import write_atomic
+
+        # An optimisation only: a read-only root is verified again next time.
+        with contextlib.suppress(OSError):
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(cache, json.dumps({**known, **verified}, indent=1, sort_keys=True))
+    return None
+
+
 @functools.cache
 def _cifar10_folder() -> type:
-    """torchvision's CIFAR-10 reader; checks that the batch files exist rather than their MD5,
-    so a folder a user already has (or a test's generated one) is read as it is."""
+    """torchvision's CIFAR-10 reader, checking the files' MD5s through the cache above rather
+    than hashing them in every process that reads them."""
     from torchvision import datasets
 
     class CIFAR10Folder(datasets.CIFAR10):
         def _check_integrity(self) -> bool:
-            folder = Path(self.root) / self.base_folder
-            return all((folder / name).exists() for name, _ in self.train_list + self.test_list)
-
-        def _load_meta(self) -> None:
-            with (Path(self.root) / self.base_folder / self.meta["filename"]).open("rb") as f:
-                names = pickle.load(f, encoding="latin1")[self.meta["key"]]
-            self.classes = names
-            self.class_to_idx = {name: i for i, name in enumerate(names)}
+            problem = cifar10_problem(str(self.root), record=True)
+            if problem is not None:
+                raise RuntimeError(f"dataset.root: {problem}")
+            return True
 
     return CIFAR10Folder
 
@@ -171,13 +249,10 @@ class FashionMNIST(ImageDataset):
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
-        if params.download or fetch.from_local_sources(params.root, "fashion_mnist"):
+        if params.download:
             return None
-        return (
-            "dataset.root",
-            f"Fashion-MNIST not found in {params.root}/FashionMNIST/raw; run "
-            "`python -m splitsim fetch fashion_mnist` or set dataset.download: true",
-        )
+        problem = fetch.problem(params.root, "fashion_mnist")
+        return None if problem is None else ("dataset.root", problem)
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -199,14 +274,10 @@ class CIFAR10(ImageDataset):
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
-        folder = Path(params.root) / "cifar-10-batches-py"
-        if params.download or (folder / "data_batch_1").exists():
+        if params.download:  # torchvision checks the MD5s of what it downloads
             return None
-        return (
-            "dataset.root",
-            f"CIFAR-10 not found in {folder}; unpack the python version of CIFAR-10 there "
-            "or set dataset.download: true",
-        )
+        problem = cifar10_problem(params.root, record=False)
+        return None if problem is None else ("dataset.root", problem)
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:

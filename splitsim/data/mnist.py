@@ -40,18 +40,17 @@ class MNIST(ImageDataset):
 
     @classmethod
     def check_available(cls, params: ImageParams) -> tuple[str, str] | None:
-        if params.download or fetch.from_local_sources(params.root, "mnist"):
+        if params.download:
             return None
-        return (
-            "dataset.root",
-            f"MNIST not found in {params.root}/MNIST/raw; run `python -m splitsim fetch mnist` "
-            "or set dataset.download: true",
-        )
+        problem = fetch.problem(params.root, "mnist")
+        return None if problem is None else ("dataset.root", problem)
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
         from torchvision import datasets  # lazily: see splitsim/data/images.py
 
+        if not download:  # torchvision reads unpacked files; validation left any .gz as it was
+            fetch.from_local_sources(root, "mnist")
         ds = datasets.MNIST(root, train=train, download=download)
         return ds.data.numpy()[:, None, :, :], ds.targets.numpy()
 
@@ -77,6 +76,8 @@ class MNIST(ImageDataset):
 
         if self.params.download:
             datasets.MNIST(self.params.root, train=True, download=True)
+        else:
+            fetch.from_local_sources(self.params.root, "mnist")
         path = Path(self.params.root) / "MNIST" / "raw" / "train-labels-idx1-ubyte"
         labels = read_label_file(str(path)).numpy().astype(np.int64)
         return labels[: self._classifier_end()]
@@ -87,7 +88,10 @@ class MNIST(ImageDataset):
 
 
 def emnist_available(root: str) -> bool:
-    return (Path(root) / "EMNIST" / "raw" / EMNIST_FILE).exists()
+    try:
+        return (Path(root) / "EMNIST" / "raw" / EMNIST_FILE).is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL in it
+        return False
 
 
 @functools.lru_cache(maxsize=2)

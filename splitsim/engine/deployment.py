@@ -31,13 +31,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 
 from splitsim.engine.credentials import Certificates, loopback_certificates, node_key
 from splitsim.engine.identity import NODE_OWNERS
 from splitsim.registry import ROLES
-from splitsim.scenario import Scenario
+from splitsim.scenario import Scenario, dump_yaml
 
 CONNECTION = "splitsim-loopback"
 START_WAIT_S = 60.0
@@ -242,7 +241,7 @@ def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
     config = {
         # The resolved scenario itself travels in the run config: the ServerApp and every
         # SuperNode's ClientApp are built from it, with no file or folder in common.
-        "scenario-yaml": yaml.safe_dump(portable(scenario), sort_keys=False),
+        "scenario-yaml": dump_yaml(portable(scenario)),
         "out": str(Path(out or scenario.output_dir).resolve()),
         "result-file": str(result_file),
     }

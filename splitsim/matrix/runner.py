@@ -28,13 +28,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from splitsim.errors import ScenarioError
 from splitsim.matrix.spec import Cell, Matrix
 from splitsim.runs import write_atomic, write_json
+from splitsim.scenario import dump_yaml
 
 
 def _die_with_parent() -> None:
@@ -69,7 +69,7 @@ def execute_cell(
     (root / "cells").mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(parents=True, exist_ok=True)
     scenario_file = root / "cells" / f"{cell_id}.yaml"
-    write_atomic(scenario_file, yaml.safe_dump(scenario, sort_keys=False))
+    write_atomic(scenario_file, dump_yaml(scenario))
     runs = root / "runs"
     log = root / "logs" / f"{cell_id}.log"
     started = time.perf_counter()

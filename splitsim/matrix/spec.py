@@ -29,6 +29,7 @@ from splitsim.scenario import (
     apply_override,
     check_values,
     folder_name,
+    folder_path,
     name_from_file,
     read_yaml,
     validate,
@@ -58,6 +59,11 @@ class Matrix(Strict):
     @classmethod
     def _folder(cls, name: str) -> str:
         return folder_name(name)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output(cls, path: str) -> str:
+        return folder_path(path)
 
     description: str = ""
     roles: list[RoleEntry] = Field(min_length=1)
@@ -130,11 +136,11 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
     data = read_yaml(path, "matrix")
     if not isinstance(data, dict):
         raise ScenarioError(source, "", "a matrix must be a YAML mapping of fields")
-    check_values(data, source)
     for expr in overrides or []:
         apply_override(data, expr, source)
+    check_values(data, source)  # after the overrides: a --set value is checked like the file's
     try:
-        matrix = Matrix.model_validate(data)
+        matrix = Matrix.model_validate(data, strict=True)
     except ValidationError as err:
         raise _pydantic_error(err, source, Matrix) from None
     if not matrix.name:
@@ -155,7 +161,7 @@ def load_matrix(path: str | Path, overrides: list[str] | None = None) -> Matrix:
                 )
             params_model = DEFENCES.get(plugin.name).Params
             try:
-                params_model.model_validate(dict(plugin.model_extra or {}))
+                params_model.model_validate(dict(plugin.model_extra or {}), strict=True)
             except ValidationError as err:
                 raise _pydantic_error(
                     err, source, params_model, ("defences", i, "use", j)

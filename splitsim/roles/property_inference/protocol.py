@@ -47,6 +47,62 @@ def alphas(scenario: Scenario) -> list[float]:
     return [p.alpha] + [a for a in p.compare_alphas if a != p.alpha]
 
 
+def split(records: int, seed: int, aux_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The task's records (ids 0..records-1): the adversary's own, and the rest."""
+    order = seeds.rng(seed, "property.split").permutation(records)
+    return np.sort(order[:aux_size]), order[aux_size:]
+
+
+def shares(rest: np.ndarray, clients: int) -> list[np.ndarray]:
+    """Each honest participant's records, out of what the adversary does not hold."""
+    bounds = np.cumsum([0, *partition_sizes(len(rest), clients)])
+    return [np.sort(rest[bounds[i] : bounds[i + 1]]) for i in range(clients)]
+
+
+def schedule(seed: int, rounds: int) -> np.ndarray:
+    """The target's property rounds: 1 where it trains on records with the property."""
+    draw = seeds.rng(seed, "property.schedule").random(rounds + 1)
+    return (draw < 0.5).astype(np.int64)  # index = round; round 0 unused
+
+
+def marked_share(records_per_round: int, target_fraction: float) -> int:
+    """Records with the property in a draw that has it."""
+    return int(round(target_fraction * records_per_round))
+
+
+def most_records_per_round(labels: np.ndarray, scenario: Scenario) -> int:
+    """The largest ``records_per_round`` for which every draw of a training finds enough
+    records without replacement (``draw`` and ``adversary_train``): the target's rounds with
+    and without the property, the other participants' rounds, and the adversary's synthetic
+    pairs and own round from its records. ``labels``: the dataset's training labels."""
+    p = scenario.role.params
+    task = attack.PropertyTask(tuple(tuple(g) for g in p.task_groups), tuple(p.property_classes))
+    prop = task.prop(labels[np.isin(labels, task.classes)])
+    aux, rest = split(len(prop), scenario.seed, p.aux_size)
+    parts = shares(rest, scenario.deployment.clients)
+    rounds = schedule(scenario.seed, p.rounds)[1:]
+    with_prop, without = bool(rounds.any()), not bool(rounds.all())
+
+    def counts(pool: np.ndarray) -> tuple[int, int]:
+        have = int(prop[pool].sum())
+        return len(pool) - have, have
+
+    def fits(n: int) -> bool:
+        k = marked_share(n, p.target_fraction)
+        plain, have = counts(parts[p.target])
+        target = (not without or n <= plain) and (not with_prop or (k <= have and n - k <= plain))
+        plain, have = counts(aux)
+        adversary = n <= plain and k <= have
+        others = all(n <= len(part) for i, part in enumerate(parts) if i != p.target)
+        return target and adversary and others
+
+    low, high = 0, len(prop)  # fits(low) holds; the answer lies in [low, high]
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid - 1)
+    return low
+
+
 class Population:
     """What any participant may know: the task, the records' task labels and properties, the
     network, the defences. No partition, no schedule: the adversary is built from this."""
@@ -62,9 +118,8 @@ class Population:
         labels = self._labels(train=True)
         self._keep = np.flatnonzero(np.isin(labels, self.task.classes))
         self.y, self.prop = self.task.task(labels[self._keep]), self.task.prop(labels[self._keep])
-        order = seeds.rng(scenario.seed, "property.split").permutation(len(self.y))
-        self.aux = np.sort(order[: p.aux_size])  # the adversary's own labelled records
-        self._rest = order[p.aux_size :]
+        # the adversary's own labelled records, and the rest
+        self.aux, self._rest = split(len(self.y), scenario.seed, p.aux_size)
         self.defences = build_defences(scenario.defences)
         self.groups = len(p.task_groups)
 
@@ -92,7 +147,7 @@ class Population:
         plain = pool[self.prop[pool] == 0]
         if not with_property:
             return rng.choice(plain, size=n, replace=False)
-        k = int(round(self.p.target_fraction * n))
+        k = marked_share(n, self.p.target_fraction)
         marked = pool[self.prop[pool] == 1]
         return np.concatenate(
             [
@@ -134,12 +189,8 @@ class Participants(Population):
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario)
-        sizes = partition_sizes(len(self._rest), self.clients)
-        bounds = np.cumsum([0, *sizes])
-        rest = self._rest
-        self.partitions = [np.sort(rest[bounds[i] : bounds[i + 1]]) for i in range(self.clients)]
-        sched = seeds.rng(scenario.seed, "property.schedule").random(self.p.rounds + 1)
-        self.schedule = (sched < 0.5).astype(np.int64)  # index = round; round 0 unused
+        self.partitions = shares(self._rest, self.clients)
+        self.schedule = schedule(scenario.seed, self.p.rounds)
 
     def round_records(self, pid: int, rnd: int) -> np.ndarray:
         rng = seeds.rng(self.scenario.seed, "property.round_records", pid, rnd)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from splitsim.data import fetch
 from splitsim.data.images import FASHION_CLASSES, FashionMNIST, _load
 from splitsim.engine import federated
 from splitsim.errors import ScenarioError
@@ -44,10 +45,13 @@ from splitsim.roles.property_inference import attack, report
 from splitsim.roles.property_inference.protocol import (
     alphas,
     client_app,
+    most_records_per_round,
     participants,
     population,
 )
 from splitsim.scenario import Deployment, Scenario, Training
+
+RECORDS_MIN, AUX_MIN = 8, 100
 
 
 @dataclass(kw_only=True)
@@ -103,16 +107,20 @@ class PropertyInferenceParticipant(Role):
         compare_alphas: list[float] = Field(
             [1.0], description="further alphas run for comparison (1.0: the passive attacker)"
         )
-        rounds: int = Field(90, ge=2, description="FedAvg rounds")
+        rounds: int = Field(90, ge=2, le=10_000, description="FedAvg rounds (the paper: 90)")
         target: int = Field(0, ge=0, description="partition of the target participant")
         target_fraction: float = Field(
             0.2, gt=0, le=1, description="share of property records in a target's property round"
         )
-        records_per_round: int = Field(256, ge=8, description="records each participant trains")
+        records_per_round: int = Field(
+            256, ge=RECORDS_MIN, description="records each participant trains"
+        )
         local_epochs: int = Field(1, ge=1)
         local_batch_size: int = Field(32, ge=1)
         local_lr: float = Field(0.05, gt=0, description="local SGD learning rate")
-        aux_size: int = Field(10_000, ge=100, description="the adversary's own labelled records")
+        aux_size: int = Field(
+            10_000, ge=AUX_MIN, description="the adversary's own labelled records"
+        )
         synthetic: int = Field(
             20, ge=2, description="update pairs (with / without the property) per round"
         )
@@ -213,7 +221,15 @@ class PropertyInferenceParticipant(Role):
                     f"engine.faults.{i}.partition",
                     f"participants are 0-{clients - 1}, the adversary {clients}",
                 )
+        cls._check_draws(scenario, source)
         most = min(30_000, 60_000 - 4 * clients * p.records_per_round)
+        if most < AUX_MIN:  # no aux_size is small enough: records_per_round is what is too large
+            raise ScenarioError(
+                source,
+                "role.records_per_round",
+                f"at most {(60_000 - AUX_MIN) // (4 * clients)}: the 60,000 training images must "
+                f"leave each of {clients} participants 4 x records_per_round",
+            )
         if p.aux_size > most:
             raise ScenarioError(
                 source,
@@ -226,6 +242,35 @@ class PropertyInferenceParticipant(Role):
         ):
             raise ScenarioError(
                 source, "role.local_batch_size", "must not exceed records_per_round under dp_sgd"
+            )
+
+    @staticmethod
+    def _check_draws(scenario: Scenario, source: str) -> None:
+        """Each round draws records_per_round records without replacement from every share;
+        one the task's classes cannot fill fails in every round, so it is refused here."""
+        params = scenario.dataset.params
+        try:
+            labels = fetch.read_labels(params.root, "fashion_mnist")
+        except FileNotFoundError:  # download: true, nothing here yet; the run fetches it
+            return
+        except (OSError, ValueError) as err:
+            raise ScenarioError(source, "dataset.root", str(err)) from None
+        most = most_records_per_round(labels, scenario)
+        p, clients = scenario.role.params, scenario.deployment.clients
+        if most < RECORDS_MIN:
+            raise ScenarioError(
+                source,
+                "role.records_per_round",
+                f"none fits (the least is {RECORDS_MIN}): the task's classes, split between "
+                "role.aux_size and deployment.clients, leave a share too small; lower either",
+            )
+        if p.records_per_round > most:
+            raise ScenarioError(
+                source,
+                "role.records_per_round",
+                f"at most {most} for these task_groups, property_classes, target_fraction, "
+                f"aux_size and {clients} participants: a round draws it without replacement "
+                "from every share, with and without the property",
             )
 
     # -- 1. deploy: one federated training per alpha -----------------------------------
