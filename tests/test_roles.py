@@ -161,6 +161,11 @@ def test_a_role_written_from_the_guide_runs_through_flower_and_is_attacked_again
     assert main(["attack", str(noisy), "--set", "deployment.clients=5"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "deployment.clients" in err[0] and "role.shrinkage" in err[0]
+    # a role that does not declare fault_tolerant is refused simulated failures
+    faults = ["--set", "engine.faults=[{partition: 0, rounds: [1]}]"]
+    assert main(["run", str(scenario), "--out", str(out / "faults"), *faults]) == 2
+    err = capsys.readouterr().err
+    assert "engine.faults: role owner_averages does not handle client failures" in err
 
 
 def test_attack_refuses_what_is_not_a_finished_run(tmp_path, capsys):

@@ -135,12 +135,22 @@ def test_failing_participants_are_retried_or_skipped_and_recorded(tmp_path):
     assert m["attackers"][0]["scored_rounds"] == 3
 
 
-def test_fault_settings_on_a_role_that_cannot_take_them(tmp_path, capsys):
-    args = ["run", str(ROOT / "scenarios" / "mnist_probe.yaml"), "--out", str(tmp_path / "r"),
-            "--set", "engine.faults=[{partition: 0, rounds: [1]}]"]  # fmt: skip
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert "engine.faults: role perturbation_probe does not handle client failures" in err
+def test_fault_settings_a_role_cannot_take(tmp_path, capsys):
+    """Every role names the phases a simulated failure may hit, and the owners there are."""
+    cases = {
+        "mnist_probe.yaml": ("{partition: 0, rounds: [1]}",
+                             "engine.faults.0.phase: probing: probe"),
+        "mnist_inversion.yaml": ("{partition: 0, rounds: [1], phase: collect}",
+                                 "engine.faults.0.phase: split training: train, infer"),
+        "hidden_covid_app.yaml": ("{partition: 10, rounds: [1], phase: install}",
+                                  "engine.faults.0.partition: must be below deployment.clients"),
+    }  # fmt: skip
+    for name, (fault, refusal) in cases.items():
+        args = ["run", str(ROOT / "scenarios" / name), "--out", str(tmp_path / "r"),
+                "--set", f"engine.faults=[{fault}]"]  # fmt: skip
+        assert main(args) == 2
+        assert refusal in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
 
 
 def test_client_device_settings_that_cannot_work(tmp_path, capsys):

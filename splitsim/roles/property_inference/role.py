@@ -40,7 +40,15 @@ from splitsim.data import fetch
 from splitsim.data.images import FASHION_CLASSES, FashionMNIST, _load
 from splitsim.engine import federated
 from splitsim.errors import ScenarioError
-from splitsim.roles.base import AttackOutput, Evaluation, Received, Role, Truth, register
+from splitsim.roles.base import (
+    AttackOutput,
+    Evaluation,
+    Received,
+    Role,
+    Truth,
+    check_faults,
+    register,
+)
 from splitsim.roles.property_inference import attack, report
 from splitsim.roles.property_inference.protocol import (
     alphas,
@@ -210,17 +218,8 @@ class PropertyInferenceParticipant(Role):
             raise ScenarioError(
                 source, "role.task_groups", "classes are Fashion-MNIST class numbers 0-9"
             )
-        for i, fault in enumerate(scenario.engine.faults):
-            if fault.phase not in ("train", "evaluate"):
-                raise ScenarioError(
-                    source, f"engine.faults.{i}.phase", "federated training: train, evaluate"
-                )
-            if fault.partition > clients:
-                raise ScenarioError(
-                    source,
-                    f"engine.faults.{i}.partition",
-                    f"participants are 0-{clients - 1}, the adversary {clients}",
-                )
+        check_faults(scenario, source, ("train", "evaluate"), "federated training", clients + 1,
+                     f"participants are 0-{clients - 1}, the adversary {clients}")  # fmt: skip
         cls._check_draws(scenario, source)
         most = min(30_000, 60_000 - 4 * clients * p.records_per_round)
         if most < AUX_MIN:  # no aux_size is small enough: records_per_round is what is too large
