@@ -92,6 +92,7 @@ def cell(rows: list[dict], role: str, defence: str, attacker: str) -> dict:
     return row
 
 
+@pytest.mark.slow
 def test_matrix_has_every_cell_with_n_a_reasons(matrix):
     rows = read_csv(matrix / "matrix.csv")
     assert len(rows) == 2 * 3 * 2
@@ -107,6 +108,7 @@ def test_matrix_has_every_cell_with_n_a_reasons(matrix):
     assert len({r["cell"] for r in none}) == 2
 
 
+@pytest.mark.slow
 def test_defence_scores_and_leakage(matrix):
     rows = read_csv(matrix / "matrix.csv")
     for r in rows:
@@ -127,6 +129,7 @@ def test_defence_scores_and_leakage(matrix):
     assert float(hidden_noisy["leakage"]) < float(hidden["leakage"])
 
 
+@pytest.mark.slow
 def test_reports_are_self_contained(matrix):
     page = (matrix / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 3  # heat map + one plot per role
@@ -137,6 +140,7 @@ def test_reports_are_self_contained(matrix):
         assert (matrix / name).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
     # One cell at a time: the kill lands as the first (weight noise) finishes and the second
     # (no defence, in the reference matrix) has barely begun, so the resumed run redoes little.
@@ -185,6 +189,7 @@ def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
     assert plain == reference
 
 
+@pytest.mark.slow
 def test_a_failing_cell_is_recorded_and_the_rest_finish(tmp_path):
     # A network no machine can hold: 10^7 x 10^7 weights are 400 TB, past any address space, so
     # the allocation fails at once whatever the memory overcommit policy. The scenario is valid.

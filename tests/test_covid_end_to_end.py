@@ -62,6 +62,7 @@ def results(folder: Path) -> dict:
     return json.loads((folder / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_run_folder_has_every_artefact(runs):
     folder = runs[0]
     for name in (
@@ -79,6 +80,7 @@ def test_run_folder_has_every_artefact(runs):
     assert "versions" in (folder / "scenario.yaml").read_text()
 
 
+@pytest.mark.slow
 def test_hidden_learning_leaks_through_flower(runs):
     m = results(runs[0])["metrics"]
     dep = m["deployment"]
@@ -94,6 +96,7 @@ def test_hidden_learning_leaks_through_flower(runs):
     )
 
 
+@pytest.mark.slow
 def test_wire_log_shows_only_scores_and_region_leave_clients(runs):
     lines = read(runs[0] / "wire.jsonl")
     assert len(lines) == 4 * 4  # install + collect, there and back, per node
@@ -119,10 +122,12 @@ def test_wire_log_shows_only_scores_and_region_leave_clients(runs):
     assert received["scores"].shape == (800, 2)
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(runs):
     assert results(runs[0])["metrics"] == results(runs[1])["metrics"]
 
 
+@pytest.mark.slow
 def test_defences_cut_the_leak_and_cost_utility(runs):
     plain = results(runs[0])["metrics"]["deployment"]
     defended = results(runs[2])["metrics"]["deployment"]

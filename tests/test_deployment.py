@@ -40,6 +40,7 @@ def run(out: Path, *extra: str) -> Path:
     return results.parent
 
 
+@pytest.mark.slow
 def test_deployment_engine_matches_the_simulation(tmp_path):
     deployed = run(tmp_path / "deployed", "engine.mode=deployment")
     simulated = run(tmp_path / "simulated")
@@ -58,6 +59,7 @@ def test_deployment_engine_matches_the_simulation(tmp_path):
     assert (deployed / "scenario.yaml").read_text().count("mode: deployment") == 1
 
 
+@pytest.mark.slow
 def test_the_repository_is_a_flower_app(tmp_path):
     work = tmp_path / "flower"
     work.mkdir()
@@ -92,6 +94,7 @@ def test_deployment_refuses_ray_settings(tmp_path, capsys, key):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow
 def test_an_unregistered_supernode_is_refused(tmp_path):
     """SuperNode authentication: a node with a key nobody registered, or one that will not
     speak TLS, never joins; the registered node is the only one online."""

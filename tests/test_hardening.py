@@ -50,6 +50,7 @@ def _listeners(root: psutil.Process) -> list[tuple[str, int, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_a_run_listens_on_loopback_only_and_sends_no_telemetry(tmp_path):
     args = [sys.executable, "-m", "splitsim", "run", str(COVID), "--out", str(tmp_path / "r")]
     for expr in SMALL:
@@ -472,6 +473,7 @@ def plain_covid(tmp_path_factory) -> dict:
     return _covid(tmp_path_factory.mktemp("plain"))
 
 
+@pytest.mark.slow
 def test_a_failing_data_owner_is_retried_skipped_or_ends_the_run(tmp_path, capsys, plain_covid):
     plain = plain_covid
     once = "engine.faults=[{partition: 1, rounds: [2], phase: collect}]"
@@ -498,6 +500,7 @@ def test_a_failing_data_owner_is_retried_skipped_or_ends_the_run(tmp_path, capsy
     assert list((tmp_path / "fail").rglob("*.failed"))
 
 
+@pytest.mark.slow
 def test_a_silent_data_owner_does_not_hang_the_run(tmp_path):
     # Owner 0 answers its collect query 45 s late; the server waits 25 s (long enough for the
     # install round, which starts the Ray actors) and goes on with the owner that answered.
@@ -508,6 +511,7 @@ def test_a_silent_data_owner_does_not_hang_the_run(tmp_path):
     assert failure["phase"] == "collect" and m["deployment"]["users"] == 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", ["after deployment", "during deployment"])
 def test_a_run_killed_at_any_point_carries_on_to_the_same_result(tmp_path, point, plain_covid):
     """kill -9 of ``run``, then the same command: it carries on in the interrupted folder (a

@@ -128,6 +128,7 @@ def test_cifar10_checksums_are_remembered_until_a_file_changes(tmp_path, monkeyp
 HAVE_FMNIST = fetch.from_local_sources(ROOT / "data", "fashion_mnist")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not HAVE_FMNIST, reason="run `python -m splitsim fetch fashion_mnist` first")
 def test_fashion_mnist_through_flower(tmp_path):
     out = tmp_path / "runs"

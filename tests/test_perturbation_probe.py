@@ -90,6 +90,7 @@ def probe_run(tmp_path_factory):
     return probe(tmp_path_factory.mktemp("probe") / "runs")
 
 
+@pytest.mark.slow
 def test_same_seed_same_signatures_and_numbers(probe_run, tmp_path):
     # Only the random kind this time: its sessions must come out exactly the same, though
     # owner 1 fails its second search step once and the query is sent again
@@ -105,6 +106,7 @@ def test_same_seed_same_signatures_and_numbers(probe_run, tmp_path):
     assert "participant 1 failed in round 2" in failure["error"] and first["failures"] == []
 
 
+@pytest.mark.slow
 def test_only_bits_leave_the_data_owners(probe_run):
     lines = read(probe_run / "wire.jsonl")
     sent = {
@@ -125,6 +127,7 @@ def test_only_bits_leave_the_data_owners(probe_run):
     assert steps_per_session <= 20
 
 
+@pytest.mark.slow
 def test_report_table_and_numbers(probe_run):
     m = json.loads((probe_run / "results.json").read_text())["metrics"]
     table = {(r["directions"], r["defences"]): r for r in m["sessions"]}

@@ -155,6 +155,7 @@ def test_inference_separates_synthetic_rounds(tmp_path):
     assert (result.scores[truth[5:] == 1].mean() - result.scores[truth[5:] == 0].mean()) > 1
 
 
+@pytest.mark.slow
 def test_run_reports_both_attackers_and_pictures(plain):
     for name in ("report.md", "features.png", "inference.png", "accuracy.png", "metrics.csv"):
         assert (plain / name).stat().st_size > 0
@@ -177,6 +178,7 @@ def test_run_reports_both_attackers_and_pictures(plain):
     assert "| active (alpha 0.3) |" in report and "| passive (alpha 1) |" in report
 
 
+@pytest.mark.slow
 def test_only_model_weights_and_counts_leave_the_participants(plain):
     lines = read(plain / "wire.jsonl")
     sent = {
@@ -204,12 +206,14 @@ def test_only_model_weights_and_counts_leave_the_participants(plain):
     assert {rec["name"] for line in reports[1::2] for rec in line["records"]} == {"report"}
 
 
+@pytest.mark.slow
 def test_same_seed_same_numbers(plain, tmp_path):
     again = run(tmp_path / "runs", "role.compare_alphas=[]")
     first, second = metrics(plain)["attackers"][0], metrics(again)["attackers"][0]
     assert second == first
 
 
+@pytest.mark.slow
 def test_defended_adaptive_run_with_dp_sgd_and_update_noise(tmp_path):
     folder = run(
         tmp_path / "runs",

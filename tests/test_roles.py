@@ -127,6 +127,7 @@ def example_role(monkeypatch):
     ROLES.unregister("owner_averages")  # the rest of this process sees the built-in roles
 
 
+@pytest.mark.slow
 def test_a_role_written_from_the_guide_runs_through_flower_and_is_attacked_again(
     example_role, tmp_path, capsys
 ):

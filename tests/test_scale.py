@@ -78,6 +78,7 @@ def ray_head():
     shutil.rmtree(temp, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_scenario_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
     before = ray_jobs(ray_head)
     out = tmp_path / "runs"
@@ -101,6 +102,7 @@ def test_ray_address_and_ray_cpus_exclude_each_other(tmp_path, capsys):
     assert "engine.ray_cpus: sizes a local Ray" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_failing_participants_are_retried_or_skipped_and_recorded(tmp_path):
     out = tmp_path / "runs"
     args = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), "--out", str(out)]

@@ -76,6 +76,7 @@ def runs(tmp_path_factory):
     }
 
 
+@pytest.mark.slow
 def test_run_folder_has_report_pictures_and_wire(runs):
     folder = runs["plain"]
     for name in (
@@ -95,6 +96,7 @@ def test_run_folder_has_report_pictures_and_wire(runs):
     assert 0 < len(received["training_ids"]) <= 200
 
 
+@pytest.mark.slow
 def test_only_declared_records_leave_the_owners(runs):
     sent = {
         f"{rec['name']}.{key.split('.')[0]}"
@@ -125,6 +127,7 @@ def test_only_declared_records_leave_the_owners(runs):
     assert "aux" not in alone  # the server attacking alone got no images from anyone
 
 
+@pytest.mark.slow
 def test_training_learns_and_the_undefended_owner_leaks(runs):
     m = results(runs["plain"])["metrics"]
     assert m["utility"]["accuracy"] > 0.80  # 1,600 images, one epoch
@@ -138,6 +141,7 @@ def test_training_learns_and_the_undefended_owner_leaks(runs):
     assert m["training"]["round_trips"] >= 25  # one per batch: 800 images / 32 per owner
 
 
+@pytest.mark.slow
 def test_laplace_and_nopeek_cut_the_leak(runs):
     plain = results(runs["plain"])["metrics"]
     defended = results(runs["defended"])["metrics"]
@@ -150,11 +154,13 @@ def test_laplace_and_nopeek_cut_the_leak(runs):
     assert defended["distance_correlation"]["mean"] < plain["distance_correlation"]["mean"] - 0.05
 
 
+@pytest.mark.slow
 def test_same_seed_same_metrics(runs):
     a, b = results(runs["plain"])["metrics"], results(runs["again"])["metrics"]
     assert a == b
 
 
+@pytest.mark.slow
 def test_sequential_schedule_with_a_foreign_prior_runs(runs):
     m = results(runs["sequential"])["metrics"]
     assert m["training"]["schedule"] == "sequential"
@@ -264,6 +270,7 @@ def test_bad_split_scenario_gets_one_line_and_exit_2(case, tmp_path, capsys):
     assert not out.exists() or not any(out.rglob("results.json"))
 
 
+@pytest.mark.slow
 def test_attack_reruns_the_inversion_from_the_recorded_traffic(runs, capsys):
     # The server's attack consumes only what it received: re-attacking the recorded run
     # reproduces its numbers exactly, and a stronger decoder gives other ones.
@@ -289,6 +296,7 @@ RESUME = [*SMALL, "training.epochs=2", "dataset.train_limit=480", "deployment.us
           "role.training_targets=100", "role.dcor_samples=160"]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_killed_split_training_resumes_from_its_last_round(tmp_path):
     """kill -9 of ``run`` after round 1 of 2, the same command again: it carries on in the
     same folder from round 2 (each owner restoring its own snapshot) and gives the metrics of
@@ -332,6 +340,7 @@ def test_a_killed_split_training_resumes_from_its_last_round(tmp_path):
     assert phases.count("hello") == 2 * 2 * 2 and phases[-1] != "hello"
 
 
+@pytest.mark.slow
 def test_a_failing_data_owner_is_retried_or_left_out(runs, tmp_path):
     """engine.on_client_failure in split training. ``retry``: owner 1 raises on its first
     message of round 1, the message is sent again, and training is the uninterrupted one.
