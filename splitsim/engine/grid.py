@@ -87,13 +87,6 @@ def reply_timeout(seconds: float | None) -> float:
     return seconds if seconds is not None else DEFAULT_TIMEOUT_S
 
 
-def silent_error(nodes: list[int], phase: str, timeout: float) -> RuntimeError:
-    return RuntimeError(
-        f"no reply from node(s) {', '.join(map(str, sorted(nodes)))} in {phase} within "
-        f"{timeout:g} s (engine.client_timeout_s)"
-    )
-
-
 class ServerError:
     """Where a role's ServerApp leaves the error it stopped on: Flower only logs an exception
     raised in a ServerApp, so the harness re-raises it after the phase (``Role.flower``)."""
