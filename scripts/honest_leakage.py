@@ -31,7 +31,8 @@ from splitsim.metrics import accuracy
 from splitsim.models.lenet import LeNetLike
 from splitsim.models.mlp import mlp
 from splitsim.registry import DATASETS
-from splitsim.roles.hidden_learning.attack import ScoreNet, official_loss, split_validation
+from splitsim.roles.hidden_learning.attack import split_validation
+from splitsim.roles.hidden_learning.scores import ScoreNet, official_loss
 from splitsim.runs import write_atomic
 from splitsim.scenario import Tasks
 

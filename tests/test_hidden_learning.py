@@ -49,7 +49,7 @@ def test_released_scores_are_logits_or_probabilities():
     import torch
 
     from splitsim.data.score_data import OfficialTask
-    from splitsim.roles.hidden_learning.attack import ScoreNet, official_quality
+    from splitsim.roles.hidden_learning.scores import ScoreNet, official_quality
 
     torch.manual_seed(0)
     body = mlp(4, [8], 2)
@@ -77,12 +77,8 @@ def test_black_box_regime_leaves_the_honest_network_untouched():
     import torch
 
     from splitsim.metrics import accuracy, majority_rate
-    from splitsim.roles.hidden_learning.attack import (
-        ScoreNet,
-        predict_scores,
-        predict_secret,
-        train_regime,
-    )
+    from splitsim.roles.hidden_learning.attack import train_regime
+    from splitsim.roles.hidden_learning.scores import ScoreNet, predict_scores, predict_secret
 
     ds = CovidHealthRecords(
         CovidHealthRecords.Params(train_records=3000, test_records=1000), seed=0

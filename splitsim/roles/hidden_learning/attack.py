@@ -29,75 +29,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from splitsim import seeds
 from splitsim.data.score_data import OfficialTask, ScoreData
-from splitsim.metrics import accuracy, majority_rate, roc_auc
+from splitsim.metrics import accuracy, majority_rate
+from splitsim.roles.hidden_learning.scores import (
+    ScoreNet,
+    device_of,
+    official_loss,
+    official_quality,
+    predict_scores,
+    predict_secret,
+    secret_input,
+    to_scores,
+)
+from splitsim.roles.hidden_learning.stacked import Regime, stackable, train_together
 
 Progress = Callable[[str], None]
-
-
-def to_scores(logits: torch.Tensor, task: OfficialTask) -> torch.Tensor:
-    """What leaves N_o: the logits, or a sigmoid per label (multilabel) or a softmax over classes.
-
-    The choice matters for a two-class N_o: its two softmax probabilities sum to one, so N_s
-    reads a single number, while its two logits are two (their sum is free of the official task).
-    """
-    if task.released == "logits":
-        return logits
-    return torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, dim=1)
-
-
-class ScoreNet(nn.Module):
-    """An official network with its output map (``to_scores``)."""
-
-    def __init__(self, body: nn.Module, task: OfficialTask) -> None:
-        super().__init__()
-        self.body = body
-        self.task = task
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
-
-    def scores(self, x: torch.Tensor) -> torch.Tensor:
-        return to_scores(self.body(x), self.task)
-
-
-def official_loss(
-    logits: torch.Tensor, y: torch.Tensor, kind: str, weight: torch.Tensor
-) -> torch.Tensor:
-    """Per-input loss times its weight (1, or the paper's Fn/Ln re-weighting), averaged."""
-    if kind == "multilabel":
-        per_input = F.binary_cross_entropy_with_logits(logits, y.float(), reduction="none").mean(1)
-    else:
-        per_input = F.cross_entropy(logits, y, reduction="none")
-    return (per_input * weight).mean()
-
-
-def _device_of(net: nn.Module) -> torch.device:
-    return next(net.parameters()).device
-
-
-def official_predictions(scores: np.ndarray, task: OfficialTask) -> np.ndarray:
-    if task.kind == "multiclass":
-        return scores.argmax(axis=1)
-    return (scores >= (0.0 if task.released == "logits" else 0.5)).astype(np.int64)
-
-
-def official_quality(scores: np.ndarray, y: np.ndarray, task: OfficialTask) -> dict[str, float]:
-    """Accuracy (mean over labels for multilabel tasks) and, per binary label, ROC AUC."""
-    pred = official_predictions(scores, task)
-    out = {"accuracy": accuracy(pred, y)}
-    if task.kind == "multilabel":
-        for j, name in enumerate(task.names):
-            out[f"{name}_accuracy"] = accuracy(pred[:, j], y[:, j])
-            out[f"{name}_auc"] = roc_auc(y[:, j], scores[:, j])
-    return out
-
-
-def secret_input(scores: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
-    return torch.cat([scores, side], dim=1)
 
 
 @dataclass
@@ -108,24 +56,6 @@ class Trained:
     secrets: dict[str, nn.Module]
     best_epoch: int
     history: list[dict[str, float]] = field(default_factory=list)
-
-
-@torch.no_grad()
-def predict_scores(net: ScoreNet, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    net.eval()
-    dev = _device_of(net)
-    parts = [
-        net.scores(torch.as_tensor(x[i : i + batch]).to(dev)).cpu() for i in range(0, len(x), batch)
-    ]
-    return torch.cat(parts).numpy()
-
-
-@torch.no_grad()
-def predict_secret(net: nn.Module, scores: np.ndarray, side: np.ndarray) -> np.ndarray:
-    net.eval()
-    dev = _device_of(net)
-    features = secret_input(torch.as_tensor(scores), torch.as_tensor(side)).to(dev)
-    return net(features).argmax(dim=1).cpu().numpy()
 
 
 def _evaluate(
@@ -163,7 +93,7 @@ def train_regime(
     if official_loss_on and official_frozen:
         raise ValueError("a frozen N_o cannot be trained on the official loss")
     generator = torch.Generator().manual_seed(seed)
-    dev = _device_of(official)
+    dev = device_of(official)
     params = [p for net in secrets.values() for p in net.parameters()]
     if not official_frozen:
         params += list(official.parameters())
@@ -263,8 +193,10 @@ def train_supplier(
     seed: int,
     on_epoch: Progress,
     device: str | torch.device = "cpu",
+    stack: bool = True,
 ) -> SupplierModels:
-    """Train the three regimes of the paper's Table 1 on the supplier's data."""
+    """Train the three regimes of the paper's Table 1 on the supplier's data (and To, the
+    honest N_o). ``stack=False`` trains every regime alone, as before ``stacked`` existed."""
     train, val = split_validation(train_all, validation_fraction, seed)
     in_secret = task.outputs + train.side.shape[1]
     common = dict(epochs=epochs, batch_size=batch_size, lr=lr, on_epoch=on_epoch)
@@ -277,31 +209,68 @@ def train_supplier(
     def secret_nets(names: list[str]) -> dict[str, nn.Module]:
         return {name: build_secret(in_secret, secret_classes[name]).to(device) for name in names}
 
-    def regime(
-        official: ScoreNet, nets: dict[str, nn.Module], *, loss_on: bool, frozen: bool, seed: int
-    ) -> Trained:
-        return train_regime(
-            official, nets, train, val, task,
-            official_loss_on=loss_on, official_frozen=frozen, seed=seed, **common,
-        )  # fmt: skip
-
+    # Every network is built first, in the order and from the seeds each regime always had;
+    # building reseeds torch, so a regime's initial weights do not depend on what trains when.
     official, s = fresh(0)
-    hidden = regime(official, secret_nets(secrets), loss_on=True, frozen=False, seed=s)
+    hidden = Regime(official, secret_nets(secrets), True, False, s)
     official, s = fresh(1)
-    honest = regime(official, {}, loss_on=True, frozen=False, seed=s)
-    then_secret: dict[str, nn.Module] = {}
-    secret_only: dict[str, Trained] = {}
+    honest = Regime(official, {}, True, False, s)
+    then_secret, secret_only = [], []
     for i, name in enumerate(secrets):
         _, s = fresh(10 + i)
-        frozen_honest = regime(
-            honest.official, secret_nets([name]), loss_on=False, frozen=True, seed=s
-        )
-        then_secret[name] = frozen_honest.secrets[name]
-        official, s = fresh(20 + i)
-        secret_only[name] = regime(
-            official, secret_nets([name]), loss_on=False, frozen=False, seed=s
-        )
-    return SupplierModels(task, hidden, honest, then_secret, secret_only)
+        then_secret.append(Regime(honest.official, secret_nets([name]), False, True, s))
+        official_only, s = fresh(20 + i)
+        secret_only.append(Regime(official_only, secret_nets([name]), False, False, s))
+    # To-then-Ts reads the honest N_o's scores, so it trains once To has finished.
+    first = train_regimes([hidden, honest, *secret_only], train, val, task, stack=stack, **common)
+    then = train_regimes(then_secret, train, val, task, stack=stack, **common)
+    hidden_t, honest_t, *only_t = first
+    return SupplierModels(
+        task,
+        hidden_t,
+        honest_t,
+        {name: t.secrets[name] for name, t in zip(secrets, then, strict=True)},
+        dict(zip(secrets, only_t, strict=True)),
+    )
+
+
+def train_regimes(
+    regimes: list[Regime],
+    train: ScoreData,
+    val: ScoreData,
+    task: OfficialTask,
+    *,
+    stack: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    on_epoch: Progress,
+) -> list[Trained]:
+    """Train independent regimes: side by side in one loop (``stacked``) when their networks
+    are MLPs, otherwise one after the other with ``train_regime``."""
+    if not regimes:
+        return []
+    common = dict(epochs=epochs, batch_size=batch_size, lr=lr, on_epoch=on_epoch)
+    if stack and stackable(regimes):
+        kept = train_together(regimes, train, val, task, **common)
+        return [
+            Trained(r.official, r.secrets, best_epoch=epoch, history=history)
+            for r, (epoch, history) in zip(regimes, kept, strict=True)
+        ]
+    return [
+        train_regime(
+            r.official,
+            r.secrets,
+            train,
+            val,
+            task,
+            official_loss_on=r.official_loss_on,
+            official_frozen=r.official_frozen,
+            seed=r.seed,
+            **common,
+        )  # fmt: skip
+        for r in regimes
+    ]
 
 
 def regime_metrics(models: SupplierModels, test: ScoreData, secrets: list[str]) -> dict:
@@ -414,7 +383,7 @@ def adapt_to_defences(
     train, val = split_validation(train_all, validation_fraction, seed)
     nets = models.hidden.secrets
     official = models.hidden.official
-    dev = _device_of(official)
+    dev = device_of(official)
     params = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seeds.int_seed(seed, "hidden.adaptive_batches"))

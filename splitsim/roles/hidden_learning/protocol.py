@@ -43,7 +43,7 @@ from splitsim.engine.resources import client_device, release_cuda
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.roles.base import ServerError, surfaced
-from splitsim.roles.hidden_learning.attack import ScoreNet
+from splitsim.roles.hidden_learning.scores import ScoreNet
 from splitsim.scenario import Scenario, dataset_spec
 
 

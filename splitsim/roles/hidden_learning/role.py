@@ -39,9 +39,6 @@ from splitsim.roles.base import (
 from splitsim.roles.hidden_learning import report
 from splitsim.roles.hidden_learning.attack import (
     adapt_to_defences,
-    official_quality,
-    predict_scores,
-    predict_secret,
     regime_metrics,
     train_supplier,
     weight_noise_robustness,
@@ -52,6 +49,7 @@ from splitsim.roles.hidden_learning.protocol import (
     official_network,
     server_app,
 )
+from splitsim.roles.hidden_learning.scores import official_quality, predict_scores, predict_secret
 from splitsim.scenario import Scenario, dataset_spec
 
 
