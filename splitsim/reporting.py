@@ -23,6 +23,17 @@ def flatten(data: Any, prefix: str = "") -> list[tuple[str, Any]]:
     return [(prefix, data)]
 
 
+def pyplot() -> Any:
+    """matplotlib.pyplot on the Agg backend, imported when a report first draws: every Flower
+    actor and compare cell imports the role packages, and none of them draws."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     """Write a matplotlib figure as PNG atomically (a reader never sees half a picture)."""
     import matplotlib.pyplot as plt

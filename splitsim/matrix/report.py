@@ -12,16 +12,12 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from splitsim.matrix.score import defence_score, pareto_front  # noqa: E402
-from splitsim.matrix.spec import Cell, Matrix  # noqa: E402
-from splitsim.reporting import save_figure  # noqa: E402
-from splitsim.runs import write_atomic  # noqa: E402
+from splitsim.matrix.score import defence_score, pareto_front
+from splitsim.matrix.spec import Cell, Matrix
+from splitsim.reporting import pyplot, save_figure
+from splitsim.runs import write_atomic
 
 COLUMNS = [
     "role", "defence", "parameters", "attacker", "seed", "status", "utility_metric", "utility",
@@ -154,6 +150,7 @@ def _fmt(value: float | None, sd: float | None = None, digits: int = 3) -> str:
 
 
 def heatmap(groups: list[dict], path: Path) -> None:
+    plt = pyplot()
     defences = list(dict.fromkeys(g["defence"] for g in groups))
     columns = list(dict.fromkeys((g["role"], g["attacker"]) for g in groups))
     grid = np.full((len(defences), len(columns)), np.nan)
@@ -189,6 +186,7 @@ def heatmap(groups: list[dict], path: Path) -> None:
 
 
 def privacy_utility(groups: list[dict], role: str, path: Path) -> None:
+    plt = pyplot()
     mine = [g for g in groups if g["role"] == role and g["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     for attacker, (marker, colour) in ATTACKER_STYLE.items():

@@ -5,20 +5,17 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from splitsim.reporting import pct, wire_section  # noqa: E402
-from splitsim.runs import write_atomic  # noqa: E402
+from splitsim.reporting import pct, pyplot, wire_section
+from splitsim.runs import write_atomic
 
 REGIMES = (("to_then_ts", "To-then-Ts"), ("to_and_ts", "To-and-Ts"), ("ts_only", "Ts-only"))
 
 
 def plot_secret_accuracy(metrics: dict, path: Path) -> None:
+    plt = pyplot()
     secrets = list(metrics["regimes"]["secrets"])
     fig, axes = plt.subplots(1, len(secrets), figsize=(4.2 * len(secrets), 3.6), squeeze=False)
     for ax, name in zip(axes[0], secrets, strict=True):
@@ -44,6 +41,7 @@ def plot_secret_accuracy(metrics: dict, path: Path) -> None:
 
 def plot_score_distribution(plots: dict, path: Path, max_points: int = 2500) -> None:
     """Scores of held-out users, honest vs hidden N_o, coloured by secret class."""
+    plt = pyplot()
     secrets = list(plots["test_secrets"])
     names = plots["official_names"]
     fig, axes = plt.subplots(len(secrets), 2, figsize=(9, 4 * len(secrets)), squeeze=False)
@@ -77,6 +75,7 @@ def plot_score_distribution(plots: dict, path: Path, max_points: int = 2500) -> 
 
 def plot_robustness(robustness: dict, path: Path) -> None:
     """The paper's Table 2 as a picture: accuracy against weight-noise sigma, with spread."""
+    plt = pyplot()
     fig, axes = plt.subplots(
         1, len(robustness), figsize=(4.5 * len(robustness), 3.6), squeeze=False
     )

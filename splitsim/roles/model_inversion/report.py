@@ -5,19 +5,16 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from splitsim.reporting import pct, wire_section  # noqa: E402
-from splitsim.runs import write_atomic  # noqa: E402
+from splitsim.reporting import pct, pyplot, wire_section
+from splitsim.runs import write_atomic
 
 
 def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
     """One example per class, like the paper's figures: originals above reconstructions."""
+    plt = pyplot()
     rows = [("original (inference)", plots["originals"]), ("reconstructed", plots["inference"])]
     for b, images in (plots.get("sweep") or {}).items():
         if float(b) > 0:
@@ -45,6 +42,7 @@ def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
 
 
 def plot_training(metrics: dict, path: Path) -> None:
+    plt = pyplot()
     history = metrics["utility"]["history"]
     decoder = metrics["attack"]["decoder_history"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -68,6 +66,7 @@ def plot_training(metrics: dict, path: Path) -> None:
 def plot_noise_sweep(sweep: list[dict], path: Path) -> None:
     """The paper's Figure 4 (accuracy against noise added after training) with what the same
     noise leaves the attacker."""
+    plt = pyplot()
     scales = [row["scale"] for row in sweep]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
     ax.plot(scales, [100 * r["accuracy"] for r in sweep], "o-", label="task accuracy")

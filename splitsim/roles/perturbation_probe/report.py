@@ -7,18 +7,15 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from splitsim.reporting import pct, save_figure, wire_section  # noqa: E402
-from splitsim.runs import write_atomic  # noqa: E402
+from splitsim.reporting import pct, pyplot, save_figure, wire_section
+from splitsim.runs import write_atomic
 
 
 def _grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str) -> None:
+    plt = pyplot()
     cols = max(len(images) for _, images in rows)
     fig, axes = plt.subplots(
         len(rows), cols, figsize=(1.0 * cols + 1.6, 1.1 * len(rows)), squeeze=False

@@ -38,9 +38,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 
@@ -164,6 +161,11 @@ def infer(
     keep = [i for i, r in enumerate(rounds) if r > burn_in]
     if not keep:
         raise ValueError(f"no observed round after the burn-in of {burn_in} rounds")
+    # sklearn is imported where it is used: the participants' actors import this module and
+    # never fit a classifier (about a second of start-up each).
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     x_train = np.concatenate([synthetic_x[i] for i in keep])
     p_train = np.concatenate([synthetic_p[i] for i in keep])
     scaler = StandardScaler().fit(x_train)
@@ -178,12 +180,17 @@ def auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """ROC AUC; undefined (NaN) when only one class is present."""
     if len(np.unique(labels)) < 2:
         return float("nan")
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(labels, scores))
 
 
 def feature_separation(features: np.ndarray, prop: np.ndarray, seed: int) -> dict[str, float]:
     """How well a linear probe separates the property in a model's features (held-out AUC):
     the number behind the paper's Figure 3, which shows the separation as a projection."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(features))
     half = len(order) // 2

@@ -7,22 +7,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.table import Table  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.manifold import TSNE  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
-
-from splitsim.reporting import pct, save_figure, wire_section  # noqa: E402
-from splitsim.runs import write_atomic  # noqa: E402
+from splitsim.reporting import pct, pyplot, save_figure, wire_section
+from splitsim.runs import write_atomic
 
 
 def project(features: np.ndarray, method: str, seed: int) -> np.ndarray:
     """2-D projection of features: t-SNE (as the paper's figures) or PCA."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
     if method == "pca":
         return PCA(n_components=2, random_state=seed).fit_transform(features)
     perplexity = min(30.0, (len(features) - 1) / 3)
@@ -101,6 +97,7 @@ def markdown(scenario_name: str, results: dict) -> str:
 
 
 def _features_figure(plots: dict, path: Path) -> None:
+    plt = pyplot()
     panels = plots["projections"]
     prop = np.asarray(plots["property"])
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.0), squeeze=False)
@@ -120,6 +117,9 @@ def _features_figure(plots: dict, path: Path) -> None:
 
 
 def _inference_figure(attackers: list[dict], path: Path) -> None:
+    plt = pyplot()
+    from sklearn.metrics import roc_curve
+
     fig, (left, right) = plt.subplots(1, 2, figsize=(9.0, 3.6))
     for i, row in enumerate(attackers):
         scores, truth = np.asarray(row["scores"]), np.asarray(row["truth"])
@@ -143,6 +143,7 @@ def _inference_figure(attackers: list[dict], path: Path) -> None:
 
 
 def _accuracy_figure(attackers: list[dict], path: Path) -> None:
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.0, 3.2))
     for i, row in enumerate(attackers):
         ax.plot(row["accuracy_history"], color=f"C{i}", label=_name(row))
