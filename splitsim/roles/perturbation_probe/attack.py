@@ -29,6 +29,7 @@ adversary's signatures.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -63,10 +64,15 @@ def _pairs(classes: int) -> list[tuple[int, int]]:
 
 
 @torch.no_grad()
-def _logits(model: nn.Module, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+def _logits(
+    model: nn.Module, x: np.ndarray, batch: int = 4096, device: torch.device | None = None
+) -> np.ndarray:
     model.eval()
     return np.concatenate(
-        [model(torch.from_numpy(x[i : i + batch])).numpy() for i in range(0, len(x), batch)]
+        [
+            model(torch.from_numpy(x[i : i + batch]).to(device)).cpu().numpy()
+            for i in range(0, len(x), batch)
+        ]
     )
 
 
@@ -106,22 +112,33 @@ def directions(
     return np.concatenate([picked, random[len(picked) :]]) if len(picked) < count else picked
 
 
-def local_oracle(model: nn.Module, x: np.ndarray, dirs: np.ndarray, batch: int = 512) -> Oracle:
+def local_oracle(
+    model: nn.Module,
+    x: np.ndarray,
+    dirs: np.ndarray,
+    batch: int = 512,
+    device: str | torch.device = "cpu",
+) -> Oracle:
     """The adversary's own copy of M on its own images: the same bit, computed locally.
     Small batches: 512 perturbed images a forward pass ran 2.2x faster than 8,192 here (the
-    large ones spend their time allocating and faulting in fresh pages)."""
-    reference = _logits(model, x).argmax(1)
-    dirs_t = torch.from_numpy(dirs)
-    x_t = torch.from_numpy(x)
+    large ones spend their time allocating and faulting in fresh pages). ``device`` 'cuda'
+    keeps a copy of M, the images and the directions on the GPU (scripts/gpu_check.py times
+    it); the role computes its signatures on the CPU, where its cache was made."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        model = copy.deepcopy(model).to(device)  # the caller's model stays where it is
+    reference = _logits(model, x, device=device).argmax(1)
+    dirs_t = torch.from_numpy(dirs).to(device)
+    x_t = torch.from_numpy(x).to(device)
 
     @torch.no_grad()
     def ask(idx: np.ndarray, direction: np.ndarray, eps: np.ndarray) -> np.ndarray:
         out = np.empty(len(idx), dtype=np.uint8)
         for s in range(0, len(idx), batch):
-            i = torch.from_numpy(idx[s : s + batch])
-            d = torch.from_numpy(direction[s : s + batch])
-            e = torch.from_numpy(eps[s : s + batch]).view(-1, *([1] * (dirs.ndim - 1)))
-            top = model(x_t[i] + e * dirs_t[d]).argmax(1).numpy()
+            i = torch.from_numpy(idx[s : s + batch]).to(device)
+            d = torch.from_numpy(direction[s : s + batch]).to(device)
+            e = torch.from_numpy(eps[s : s + batch]).to(device).view(-1, *([1] * (dirs.ndim - 1)))
+            top = model(x_t[i] + e * dirs_t[d]).argmax(1).cpu().numpy()
             out[s : s + batch] = top != reference[idx[s : s + batch]]
         return out
 
