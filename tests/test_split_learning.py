@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -289,55 +284,6 @@ def test_attack_reruns_the_inversion_from_the_recorded_traffic(runs, capsys):
     # a colluder's hand-over was sent during training: its size cannot change afterwards
     assert main(["attack", str(plain), "--set", "role.aux_size=100"]) == 2
     assert "role.aux_size" in capsys.readouterr().err
-
-
-RESUME = [*SMALL, "training.epochs=2", "dataset.train_limit=480", "deployment.users=200",
-          "role.aux_size=600", "role.val_size=200", "role.decoder_epochs=1",
-          "role.training_targets=100", "role.dcor_samples=160"]  # fmt: skip
-
-
-@pytest.mark.slow
-def test_a_killed_split_training_resumes_from_its_last_round(tmp_path):
-    """kill -9 of ``run`` after round 1 of 2, the same command again: it carries on in the
-    same folder from round 2 (each owner restoring its own snapshot) and gives the metrics of
-    an uninterrupted run; only the resumed run's second hello shows on the wire."""
-    out = tmp_path / "runs"
-    args = [sys.executable, "-m", "splitsim", "run", str(SCENARIO), "--out", str(out)]
-    for expr in RESUME:
-        args += ["--set", expr]
-    killed = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 400
-    try:
-        while not list(out.glob("mnist_inversion/.*.partial/.resume/split-server.pt")):
-            assert killed.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint of round 1"
-            time.sleep(0.2)
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
-    (partial,) = out.glob("mnist_inversion/.*.partial")
-    owners = sorted(p.name for p in (partial / ".resume" / "owners").iterdir())
-    assert owners == ["node-0.round-1.bin", "node-1.round-1.bin"]
-    assert main(args[3:]) == 0
-    (resumed,) = out.glob("mnist_inversion/2*")
-    assert resumed.name == partial.name.removeprefix(".").removesuffix(".partial")
-    assert not (resumed / ".resume").exists() and not list(out.glob("mnist_inversion/.*"))
-    again = tmp_path / "again"
-    assert main([*args[3:5], "--out", str(again), *args[7:]]) == 0
-    (plain,) = again.glob("mnist_inversion/2*")
-    got, want = results(resumed)["metrics"], results(plain)["metrics"]
-    assert got["training"].pop("resumed_after_rounds") == [1]
-    assert want["training"].pop("resumed_after_rounds") == []
-    # the resumed run said hello once more (node ids are new): one more round trip, and a
-    # hello and its reply per owner on the wire
-    assert got["training"].pop("round_trips") == want["training"].pop("round_trips") + 1
-    assert got["wire"].pop("messages") == want["wire"].pop("messages") + 2 * 2
-    assert got["wire"].pop("bytes_from_clients") > want["wire"].pop("bytes_from_clients")
-    assert got["wire"].pop("bytes_to_clients") > want["wire"].pop("bytes_to_clients")
-    assert got == want
-    phases = [line["phase"] for line in read(resumed / "wire.jsonl")]
-    assert phases.count("hello") == 2 * 2 * 2 and phases[-1] != "hello"
 
 
 @pytest.mark.slow
