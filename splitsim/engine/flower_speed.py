@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections import deque
 from queue import Queue
 
@@ -41,25 +42,27 @@ CHECKED = frozenset({"1.42.0"})
 # Flower's own tick: how soon the loop notices the stop event when nothing arrives.
 STOP_CHECK_S = 0.1
 
-_flower_loop = vce_api.add_messages_to_queue
+FLOWERS_LOOP = vce_api.add_messages_to_queue
 _log = logging.getLogger(__name__)
 _told: set[str] = set()
+# The link states an Inbox watches, so that a ServerApp's grid can wait for its replies.
+_watched: weakref.WeakKeyDictionary[LinkState, Inbox] = weakref.WeakKeyDictionary()
 
 
-def use(fast: bool) -> bool:
+def use(fast: bool, version: str = flwr.__version__) -> bool:
     """Run the next simulations in this process with the indexed loop (``fast``) or with
-    Flower's own; True when the indexed loop is in place."""
-    if fast and flwr.__version__ not in CHECKED:
-        if flwr.__version__ not in _told:
-            _told.add(flwr.__version__)
+    Flower's own; True when the indexed loop is in place. ``version``: the installed Flower's."""
+    if fast and version not in CHECKED:
+        if version not in _told:
+            _told.add(version)
             _log.warning(
                 "flwr %s: running Flower's own simulation loop (the indexed one was checked "
                 "against flwr %s only)",
-                flwr.__version__,
+                version,
                 ", ".join(sorted(CHECKED)),
             )
         fast = False
-    vce_api.add_messages_to_queue = add_messages_to_queue if fast else _flower_loop
+    vce_api.add_messages_to_queue = add_messages_to_queue if fast else FLOWERS_LOOP
     return fast
 
 
@@ -72,7 +75,7 @@ def add_messages_to_queue(
     """Put Messages in the queue from the LinkState: ``vce_api.add_messages_to_queue``, same
     signature, without the tick."""
     if not isinstance(state, InMemoryLinkState):  # the index reads the in-memory store
-        _flower_loop(state, queue, nodes_mapping, f_stop)
+        FLOWERS_LOOP(state, queue, nodes_mapping, f_stop)
         return
     inbox = Inbox(state, nodes_mapping)
     try:
@@ -84,20 +87,33 @@ def add_messages_to_queue(
         inbox.close()
 
 
+def replied(state: object, awaited: set[str], timeout: float) -> set[str] | None:
+    """Those of the ``awaited`` messages whose reply the watched link ``state`` has stored
+    since last asked, waiting up to ``timeout`` seconds for one (empty if none came); None
+    when no Inbox watches ``state`` (Flower's own loop, a deployment's grid): then only
+    asking the state about every awaited message tells."""
+    inbox = _watched.get(state) if isinstance(state, InMemoryLinkState) else None
+    return None if inbox is None else inbox.replied(awaited, timeout)
+
+
 class Inbox:
-    """The link state's undelivered messages, by destination node, in the order stored.
+    """The link state's undelivered messages, by destination node, in the order stored, and
+    the messages that have a reply.
 
     The index is fed by the state's own ``store_message_ins`` (wrapped on this instance, under
     the state's lock, so the order is the store's), and checked against the store when a
-    message is handed out: a message deleted, expired or already delivered is skipped."""
+    message is handed out: a message deleted, expired or already delivered is skipped.
+    ``store_message_res`` is wrapped likewise, to wake a ServerApp waiting for replies."""
 
     def __init__(self, state: InMemoryLinkState, nodes_mapping: dict[int, int]) -> None:
         self._state = state
         self._rank = {node: rank for rank, node in enumerate(nodes_mapping)}
         self._queued: dict[int, deque[str]] = {}
+        self._replied: set[str] = set()
         # On the state's own RLock: storing, indexing and handing out never interleave.
         self._stored = threading.Condition(state.lock)
-        store = state.store_message_ins
+        self._answered = threading.Condition(state.lock)
+        store, store_reply = state.store_message_ins, state.store_message_res
 
         def store_and_index(message: Message) -> str | None:
             with self._stored:
@@ -107,12 +123,22 @@ class Inbox:
                     self._stored.notify()
             return message_id
 
+        def store_and_tell(message: Message) -> str | None:
+            with self._answered:
+                message_id = store_reply(message)
+                if message_id is not None:
+                    self._replied.add(message.metadata.reply_to_message_id)
+                    self._answered.notify_all()
+            return message_id
+
         with self._stored:
             state.store_message_ins = store_and_index  # type: ignore[method-assign]
+            state.store_message_res = store_and_tell  # type: ignore[method-assign]
             # The ServerApp starts before the loop (Ray's start-up lies between): what it
             # stored meanwhile is indexed here, in the store's order.
             for message_id, message in list(state.message_ins_store.items()):
                 self._add(message.metadata.dst_node_id, message_id)
+            _watched[state] = self
 
     def _add(self, node: int, message_id: str) -> None:
         if node in self._rank:  # Flower's loop asks only the simulation's own nodes
@@ -155,6 +181,18 @@ class Inbox:
             if not self._queued:
                 self._stored.wait(timeout)
 
+    def replied(self, awaited: set[str], timeout: float) -> set[str]:
+        """See ``replied``; each reply is told once."""
+        with self._answered:
+            ready = self._replied & awaited
+            if not ready:
+                self._answered.wait(timeout)
+                ready = self._replied & awaited
+            self._replied -= ready
+        return ready
+
     def close(self) -> None:
         with self._stored:
-            del self._state.store_message_ins  # the class's own method again
+            _watched.pop(self._state, None)
+            del self._state.store_message_ins  # the class's own methods again
+            del self._state.store_message_res
