@@ -137,6 +137,25 @@ def test_the_loop_wakes_up_when_a_message_is_stored():
     inbox.close()
 
 
+def test_a_stored_reply_is_told_once_and_wakes_the_server():
+    link = Link(2)
+    inbox = Inbox(link.state, link.mapping)
+    first, second = link.push((0, "x"), (1, "y"))
+    assert flower_speed.replied(link.state, {first, second}, 0.0) == set()
+    assert flower_speed.replied(Link(1).state, {first}, 0.0) is None  # a state not watched
+    (delivered,) = inbox.sweep()[:1]
+    reply = Message(RecordDict(), reply_to=delivered)
+    reply.metadata.__dict__["_message_id"] = "reply-1"  # as Flower's worker sets it
+    threading.Timer(0.2, link.state.store_message_res, [reply]).start()
+    started = time.monotonic()
+    assert flower_speed.replied(link.state, {first, second}, 5.0) == {first}
+    assert time.monotonic() - started < 1.0
+    assert flower_speed.replied(link.state, {first, second}, 0.0) == set()
+    assert [m.metadata.reply_to_message_id for m in link.grid.pull_messages({first})] == [first]
+    inbox.close()
+    assert flower_speed.replied(link.state, {second}, 0.0) is None
+
+
 def test_other_flower_versions_run_flowers_own_loop(caplog):
     try:
         with caplog.at_level(logging.WARNING, logger=flower_speed.__name__):
