@@ -98,6 +98,12 @@ class Engine(Strict):
     messages_per_batch: int = Field(
         100, ge=1, le=100_000, description="messages per send_and_receive call"
     )
+    flower_loop: Literal["indexed", "stock"] = Field(
+        "indexed",
+        description="how Flower's simulation hands messages to the actors: 'indexed' as they "
+        "are stored (engine/flower_speed.py, for the Flower versions it was checked against), "
+        "'stock' Flower's own sweep every 0.1 s; the results are the same",
+    )
     ray_cpus: int | None = Field(
         None, ge=1, le=1024, description="CPUs the simulation's local Ray may use (default: all)"
     )

@@ -40,7 +40,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim import seeds
-from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_sizes
+from splitsim.data.score_data import DatasetSpec, OfficialTask, ScoreData, partition_size
 from splitsim.registry import DATASETS
 
 REGIONS = 8
@@ -274,5 +274,5 @@ class CovidHealthRecords:
 
     def partition(self, pid: int, clients: int, users: int) -> ScoreData:
         """The users held by Flower node ``pid``: regenerated from the seed, never shipped."""
-        size = partition_sizes(users, clients)[pid]
+        size = partition_size(users, clients, pid)
         return to_score_data(generate(size, seeds.stream(self.seed, "records.deploy", pid)))

@@ -79,10 +79,14 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
         local_only_ray()
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 
+    from splitsim.engine import flower_speed
+    from splitsim.engine.shipped_app import ShippedApp
+
     quiet_flower()
+    flower_speed.use(engine.flower_loop == "indexed")
     run_simulation(
         server_app=server_app,
-        client_app=client_app,
+        client_app=ShippedApp(client_app),  # type: ignore[arg-type]  # unpickles as client_app
         num_supernodes=nodes,
         backend_config=backend_config(engine),
     )
