@@ -15,7 +15,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -514,7 +513,9 @@ def test_a_silent_data_owner_does_not_hang_the_run(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("point", ["after deployment", "during deployment"])
-def test_a_run_killed_at_any_point_carries_on_to_the_same_result(tmp_path, point, plain_covid):
+def test_a_run_killed_at_any_point_carries_on_to_the_same_result(
+    tmp_path, point, plain_covid, kill_run_when
+):
     """kill -9 of ``run``, then the same command: it carries on in the interrupted folder (a
     finished deployment is read back, an unfinished one runs again from its start) and ends
     with the numbers of a run nobody killed."""
@@ -522,18 +523,9 @@ def test_a_run_killed_at_any_point_carries_on_to_the_same_result(tmp_path, point
     args = [sys.executable, "-m", "splitsim", "run", str(COVID), "--out", str(out)]
     for expr in SMALL:
         args += ["--set", expr]
-    victim = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
     marker = ".resume/deployed.json" if point == "after deployment" else "wire.jsonl"
-    deadline = time.monotonic() + 300
-    try:
-        while not list(out.glob(f"hidden_covid_app/.*.partial/{marker}")):
-            assert victim.poll() is None, "the run ended before the point to kill it at"
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-    finally:
-        os.killpg(victim.pid, signal.SIGKILL)
-        victim.wait()
+    kill_run_when(args, out, f"hidden_covid_app/.*.partial/{marker}",
+                  "the point to kill it at", timeout_s=300, poll_s=0.02)  # fmt: skip
     (partial,) = out.glob("hidden_covid_app/.*.partial")
     done = subprocess.run(args, capture_output=True, text=True, timeout=600, check=True)
     assert "resuming the interrupted run" in done.stdout

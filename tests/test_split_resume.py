@@ -7,11 +7,7 @@ module's shared runs rather than after them.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -41,7 +37,7 @@ RESUME = [
 
 
 @pytest.mark.slow
-def test_a_killed_split_training_resumes_from_its_last_round(tmp_path):
+def test_a_killed_split_training_resumes_from_its_last_round(tmp_path, kill_run_when):
     """kill -9 of ``run`` after round 1 of 2, the same command again: it carries on in the
     same folder from round 2 (each owner restoring its own snapshot) and gives the metrics of
     an uninterrupted run; only the resumed run's second hello shows on the wire."""
@@ -49,17 +45,8 @@ def test_a_killed_split_training_resumes_from_its_last_round(tmp_path):
     args = [sys.executable, "-m", "splitsim", "run", str(SCENARIO), "--out", str(out)]
     for expr in RESUME:
         args += ["--set", expr]
-    killed = subprocess.Popen(args, start_new_session=True, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)  # fmt: skip
-    deadline = time.monotonic() + 400
-    try:
-        while not list(out.glob("mnist_inversion/.*.partial/.resume/split-server.pt")):
-            assert killed.poll() is None, "the run ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint of round 1"
-            time.sleep(0.2)
-    finally:
-        os.killpg(killed.pid, signal.SIGKILL)
-        killed.wait()
+    kill_run_when(args, out, "mnist_inversion/.*.partial/.resume/split-server.pt",
+                  "its checkpoint of round 1", timeout_s=400, poll_s=0.2)  # fmt: skip
     (partial,) = out.glob("mnist_inversion/.*.partial")
     owners = sorted(p.name for p in (partial / ".resume" / "owners").iterdir())
     assert owners == ["node-0.round-1.bin", "node-1.round-1.bin"]

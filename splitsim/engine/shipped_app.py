@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import uuid
 
-import cloudpickle
 from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
+
+# Ray's own copy of cloudpickle, the one that pickles the app for every message otherwise:
+# the simulation has Ray, and splitsim declares no cloudpickle of its own.
+from ray import cloudpickle
 
 
 class ShippedApp:
