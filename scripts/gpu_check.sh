@@ -15,7 +15,7 @@
 #
 # Nothing is downloaded. data/ is git-ignored (and 107 MiB, over the 64 MiB a device call
 # carries), so run --pack here first and carry ".gpu_carry" (42 MiB). The device tool's image
-# (Python 3.12) lacks flwr, ray, pydantic, dcor and opacus: install their cp312 wheels first
+# (Python 3.12) lacks flwr, ray, pydantic and opacus: install their cp312 wheels first
 # (/work/.library/device/README.md) and put the target on PYTHONPATH; the preflight names
 # whatever is still missing. ray's wheel alone is 70 MiB, so it cannot travel in the same call
 # as the data. Under $OUT (the device tool), the page, gpu_check.json and gpu_check.log are

@@ -6,8 +6,7 @@ inside a Ray worker that would attach to (and, when it shuts down, tear down) th
 runtime. In a child process with the cell's CPUs as its Ray's whole budget
 (``engine.ray_cpus``) and the same number of torch threads, the cells never ask for more cores
 than their Ray tasks hold, so the machine is not over-subscribed. A child dies with its task
-(``PR_SET_PDEATHSIG``), so killing the comparison leaves no orphan behind. Cells side by side
-share dcor's numba cache safely because ``metrics.load_dcor`` compiles it under a file lock.
+(``PR_SET_PDEATHSIG``), so killing the comparison leaves no orphan behind.
 
 A finished cell is written by its task, atomically, to ``cells/<id>.json`` before the driver
 hears of it; a rerun reads those back and runs only the rest. A failed cell is recorded with its
