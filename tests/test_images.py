@@ -164,3 +164,21 @@ def test_fashion_mnist_through_flower(tmp_path):
         assert set(payload["payload"]["entries"]) == {"scores"}
         assert payload["payload"]["entries"]["scores"]["shape"] == [50, 2]
     assert (results_path.parent / "robustness.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_files_read_as_torchvision_reads_them(name, tmp_path):
+    cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
+    for train in (True, False):
+        x, y = fetch.read_unpacked(ROOT / "data", name, train)
+        theirs = cls(str(ROOT / "data"), train=train, download=False)
+        assert np.array_equal(x[:, 0], theirs.data.numpy())
+        assert np.array_equal(y, theirs.targets.numpy())
+    # a truncated image file is refused, not read as fewer or shifted images
+    raw = fetch.raw_folder(tmp_path, name)
+    raw.mkdir(parents=True)
+    for f in fetch.IDX_FILES:
+        (raw / f).write_bytes((fetch.raw_folder(ROOT / "data", name) / f).read_bytes())
+    (raw / fetch.IDX_FILES[2]).write_bytes((raw / fetch.IDX_FILES[2]).read_bytes()[:-1])
+    with pytest.raises(ValueError, match="not an IDX image file"):
+        fetch.read_unpacked(tmp_path, name, train=False)

@@ -1,6 +1,7 @@
 """Fashion-MNIST and CIFAR-10 for hidden learning on images (papers/001, section 4).
 
-Both are read with torchvision's own dataset classes from ``dataset.root`` (default ``data``):
+Both are read from ``dataset.root`` (default ``data``), the IDX files by ``fetch.read_unpacked``
+and CIFAR-10 by torchvision's dataset class:
 ``<root>/FashionMNIST/raw`` (``python -m splitsim fetch fashion_mnist`` fills it offline) and
 ``<root>/cifar-10-batches-py`` (the "python version" archive from the CIFAR-10 site, unpacked;
 not available offline here; each file's MD5 is checked against torchvision's list before it
@@ -256,11 +257,12 @@ class FashionMNIST(ImageDataset):
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
-        from torchvision import datasets
-
         if not download:
             fetch.from_local_sources(root, "fashion_mnist")
-        ds = datasets.FashionMNIST(root, train=train, download=download)
+            return fetch.read_unpacked(root, "fashion_mnist", train)
+        from torchvision import datasets
+
+        ds = datasets.FashionMNIST(root, train=train, download=True)
         return ds.data.numpy()[:, None, :, :], ds.targets.numpy()
 
 

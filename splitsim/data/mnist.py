@@ -47,11 +47,12 @@ class MNIST(ImageDataset):
 
     @staticmethod
     def read(root: str, download: bool, train: bool) -> tuple[np.ndarray, np.ndarray]:
+        if not download:  # validation left any .gz as it was: unpack them now
+            fetch.from_local_sources(root, "mnist")
+            return fetch.read_unpacked(root, "mnist", train)
         from torchvision import datasets  # lazily: see splitsim/data/images.py
 
-        if not download:  # torchvision reads unpacked files; validation left any .gz as it was
-            fetch.from_local_sources(root, "mnist")
-        ds = datasets.MNIST(root, train=train, download=download)
+        ds = datasets.MNIST(root, train=train, download=True)
         return ds.data.numpy()[:, None, :, :], ds.targets.numpy()
 
     def images(self, train: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -71,15 +72,13 @@ class MNIST(ImageDataset):
     def classifier_labels(self) -> np.ndarray:
         """The labels of the split classifier's training images, keyed by image id: what the
         computational server of papers/003 holds (it never sees the images)."""
-        from torchvision import datasets
-        from torchvision.datasets.mnist import read_label_file
-
         if self.params.download:
+            from torchvision import datasets
+
             datasets.MNIST(self.params.root, train=True, download=True)
         else:
             fetch.from_local_sources(self.params.root, "mnist")
-        path = Path(self.params.root) / "MNIST" / "raw" / "train-labels-idx1-ubyte"
-        labels = read_label_file(str(path)).numpy().astype(np.int64)
+        labels = fetch.read_labels(self.params.root, "mnist", train=True)
         return labels[: self._classifier_end()]
 
     def reference_train(self) -> tuple[np.ndarray, np.ndarray]:

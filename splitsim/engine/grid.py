@@ -10,8 +10,6 @@ from collections.abc import Callable, Iterable
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-from splitsim.engine import flower_speed
-
 FAST_PULL_S = 0.002
 PULL_PER_AWAITED_S = 0.0002
 SLOW_PULL_S = 0.05
@@ -44,6 +42,10 @@ def send_and_receive(
     ``pull_interval``. Either way the whole batch is asked about at least every
     ``ASK_ALL_S``, as Flower's own poll would: that is where the link state reports a
     message that expired or a node that left."""
+    # Here, not at the top: the data owners' actors import this module too, and Flower's
+    # link-state modules that flower_speed needs cost them 1.9 s of import each.
+    from splitsim.engine import flower_speed
+
     state = getattr(grid, "state", None)  # the in-memory grid's link state
     awaited = set(grid.push_messages(messages))
     deadline = None if timeout is None else time.monotonic() + timeout
