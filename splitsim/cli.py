@@ -8,7 +8,7 @@ import sys
 
 from rich.console import Console
 
-from splitsim.errors import ScenarioError
+from splitsim.errors import RunFailed, ScenarioError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -52,60 +52,35 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def cmd_list(console: Console) -> int:
-    from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES, describe
+    from splitsim.registry import BUILT_IN, DATASETS, DEFENCES, MODELS, ROLES, describe
 
+    console.print("built in unless marked [distribution version] (entry points: docs/plugins.md)",
+                  markup=False, highlight=False)  # fmt: skip
     for registry in (ROLES, DEFENCES, DATASETS, MODELS):
         console.print(f"[bold]{registry.kind}s[/bold]")
         for name, obj in registry.items():
-            console.print(f"  {name:<24} {describe(obj)}", soft_wrap=True, highlight=False)
+            origin = registry.origin(name)
+            where = "" if origin == BUILT_IN else f"[{origin}] "
+            console.print(
+                f"  {name:<24} {where}{describe(obj)}",
+                soft_wrap=True,
+                highlight=False,
+                markup=False,
+            )
     return EXIT_OK
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    from splitsim.scenario import check_output_folder, load_scenario
+    from splitsim import api
 
-    scenario = load_scenario(args.scenario, args.overrides)  # bad input stops here, no folder yet
-    field = "--out" if args.out else "output_dir"
-    check_output_folder(args.out or scenario.output_dir, args.scenario, field)
-    if scenario.engine.mode == "deployment":
-        from splitsim.engine.deployment import run_deployed
-
-        return EXIT_OK if run_deployed(scenario, console, args.out) else EXIT_FAILED
-
-    from splitsim.execute import run_scenario
-
-    run_scenario(scenario, console, args.out)
+    api.run(args.scenario, args.overrides, out=args.out, console=console, _out_field="--out")
     return EXIT_OK
 
 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
-    from pathlib import Path
+    from splitsim import api
 
-    from splitsim.matrix.spec import expand, load_matrix
-
-    matrix = load_matrix(args.matrix, args.overrides)
-    cells = expand(matrix, args.matrix)  # every cell checked before anything runs
-
-    from splitsim.matrix import report
-    from splitsim.matrix.runner import lock_folder, run_cells
-    from splitsim.scenario import check_output_folder
-
-    out = Path(args.out or Path(matrix.output_dir) / matrix.name).resolve()
-    check_output_folder(out, args.matrix, "--out" if args.out else "output_dir")
-    out.mkdir(parents=True, exist_ok=True)
-    na = sum(c.scenario is None for c in cells)
-    console.print(
-        f"[bold]{matrix.name}[/bold]: {len(cells)} cells ({na} n/a), "
-        f"{len({c.id for c in cells if c.id})} to compute or read back; folder {out}"
-    )
-    with lock_folder(out):
-        records = run_cells(matrix, cells, out, console)
-        table = report.write(out, matrix, cells, records)
-    failed = [r for r in table if r["status"] in ("failed", "not run")]
-    console.print(f"matrix: [bold]{out / 'matrix.csv'}[/bold]; report: {out / 'report.html'}")
-    if failed:
-        console.print(f"[red]{len(failed)} cell(s) failed[/red]; see matrix.csv and logs/")
-        return EXIT_FAILED
+    api.compare(args.matrix, args.overrides, out=args.out, console=console, _out_field="--out")
     return EXIT_OK
 
 
@@ -127,14 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             return cmd_compare(args, console)
         if args.command == "attack":
-            from splitsim.execute import attack_recorded
+            from splitsim import api
 
-            attack_recorded(args.folder, args.overrides, console)
+            api.attack(args.folder, args.overrides, console=console)
             return EXIT_OK
         return cmd_run(args, console)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except RunFailed as err:
+        console.print(f"[red]{err}[/red]", highlight=False)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         if args.command == "compare":
             print(

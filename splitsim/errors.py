@@ -22,3 +22,13 @@ class ScenarioError(Exception):
         source, field = one_line(source, MESSAGE_MAX), one_line(field, FIELD_MAX)
         message = one_line(message, MESSAGE_MAX)
         super().__init__(f"{source}: {field}: {message}" if field else f"{source}: {message}")
+
+
+class RunFailed(RuntimeError):
+    """A run that started but did not finish: a deployed run whose ServerApp failed, or a
+    comparison with failed cells (``result`` holds the comparison's table; the finished cells
+    are kept). The CLI prints it and exits 1."""
+
+    def __init__(self, message: str, result: object | None = None) -> None:
+        super().__init__(message)
+        self.result = result

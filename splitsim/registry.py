@@ -22,35 +22,65 @@ T = TypeVar("T")
 
 BUILTIN = "splitsim.plugins"
 ENTRY_POINTS = "splitsim.plugins"
+BUILT_IN = "built in"
 _loaded = False
+_loading: str | None = None  # the distribution whose entry point is being imported
 
 
 def load_plugins() -> None:
     """Import the built-in parts and every installed plugin once (idempotent)."""
-    global _loaded
+    global _loaded, _loading
     if _loaded:
         return
     _loaded = True  # first, so that a plugin's own look-ups while it registers do not recurse
     try:
         importlib.import_module(BUILTIN)
         for entry in metadata.entry_points(group=ENTRY_POINTS):
-            if entry.value != BUILTIN:
+            if entry.value == BUILTIN:
+                continue
+            dist = entry.dist
+            _loading = (
+                f"{dist.name} {dist.version}" if dist is not None else f"entry point {entry.name}"
+            )
+            try:
                 entry.load()
+            except Exception as err:
+                raise ImportError(
+                    f"splitsim plugin {entry.name!r} ({_loading}, {entry.value}) failed to "
+                    f"import: {type(err).__name__}: {err}"
+                ) from err
     except BaseException:
         _loaded = False
         raise
+    finally:
+        _loading = None
+
+
+def _origin(obj: object) -> str:
+    """Where a registered part came from: the distribution whose entry point registered it,
+    splitsim itself, or the module that registered it (a script, a test)."""
+    if _loading is not None:
+        return _loading
+    module = getattr(obj, "__module__", "") or ""
+    return BUILT_IN if module == "splitsim" or module.startswith("splitsim.") else module
 
 
 class Registry(Generic[T]):
+    """Names a scenario may give (``role: {name: ...}``) and the class each one means."""
+
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
+        self._origins: dict[str, str] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: ``@DEFENCES.register("laplace")`` above the class."""
+
         def add(obj: T) -> T:
             if name in self._entries:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             self._entries[name] = obj
+            self._origins[name] = _origin(obj)
             return obj
 
         return add
@@ -58,6 +88,12 @@ class Registry(Generic[T]):
     def unregister(self, name: str) -> None:
         """Forget ``name`` (a plugin loaded for a while, e.g. by a test)."""
         self._entries.pop(name, None)
+        self._origins.pop(name, None)
+
+    def origin(self, name: str) -> str:
+        """``built in``, the plugin distribution and version, or the registering module."""
+        self.get(name)
+        return self._origins[name]
 
     def get(self, name: str) -> T:
         load_plugins()
@@ -80,10 +116,10 @@ class Registry(Generic[T]):
         return sorted(self._entries.items())
 
 
-ROLES: Registry = Registry("role")
-DEFENCES: Registry = Registry("defence")
-DATASETS: Registry = Registry("dataset")
-MODELS: Registry = Registry("model")
+ROLES: Registry = Registry("role")  #: attacker roles (splitsim.roles.base.Role subclasses)
+DEFENCES: Registry = Registry("defence")  #: data-owner defences (splitsim.defences.base)
+DATASETS: Registry = Registry("dataset")  #: datasets a scenario may name
+MODELS: Registry = Registry("model")  #: network builders for a role's model slots
 
 
 def describe(obj: object) -> str:

@@ -7,6 +7,7 @@ anything runs and reported as ``<file>: <field>: <what is allowed>``.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import re
@@ -238,6 +239,18 @@ class Scenario(Strict):
     def resolved(self) -> dict[str, Any]:
         """Every field with its default filled in, as plain YAML-able data."""
         return self.model_dump(mode="json")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Scenario:
+        """The scenario in ``path``, checked as ``python -m splitsim run`` checks it, with
+        ``overrides`` (``["training.epochs=2"]``) applied first; raises ScenarioError."""
+        return load_scenario(path, overrides)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "<dict>") -> Scenario:
+        """A scenario from the mapping a YAML file would hold, checked the same way (the
+        role's and defences' own checks too); errors name ``source``."""
+        return validate(copy.deepcopy(data), source)
 
 
 def apply_override(data: dict[str, Any], expr: str, source: str) -> None:

@@ -12,6 +12,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -127,6 +130,24 @@ def example_role(monkeypatch):
     ROLES.unregister("owner_averages")  # the rest of this process sees the built-in roles
 
 
+def plugin_distribution(site: Path) -> dict[str, str]:
+    """The example role as another package would publish it: its modules and a dist-info
+    whose entry point names them under ``splitsim.plugins``, in a folder that is then on the
+    path (what ``pip install`` of such a package leaves in site-packages). The environment a
+    process needs to see it."""
+    shutil.copytree(Path(__file__).resolve().parent / "example_role", site / "example_role")
+    info = site / "splitsim_example_plugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: splitsim-example-plugin\nVersion: 0.1\n"
+    )
+    (info / "entry_points.txt").write_text("[splitsim.plugins]\nexample = example_role.role\n")
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]),
+    }
+
+
 @pytest.mark.slow
 def test_a_role_written_from_the_guide_runs_through_flower_and_is_attacked_again(
     example_role, tmp_path, capsys
@@ -138,7 +159,17 @@ def test_a_role_written_from_the_guide_runs_through_flower_and_is_attacked_again
         "deployment: {clients: 3, users: 300}\n"
     )
     out = tmp_path / "runs"
-    assert main(["run", str(scenario), "--out", str(out)]) == 0
+    # installed as a plugin distribution, in a fresh process: list names it and where it is
+    # from, and a scenario runs it through Flower (its actors find it the same way)
+    env = plugin_distribution(tmp_path / "site")
+    listed = subprocess.run([sys.executable, "-m", "splitsim", "list"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, check=True).stdout  # fmt: skip
+    (line,) = [row for row in listed.splitlines() if "owner_averages" in row]
+    assert "[splitsim-example-plugin 0.1]" in line and "Curious" in line
+    assert "[" not in next(row for row in listed.splitlines() if "model_inversion" in row)
+    command = [sys.executable, "-m", "splitsim", "run", str(scenario), "--out", str(out)]
+    ran = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
     assert main(["run", str(scenario), "--out", str(out / "noisy"),
                  "--set", "defences=[{name: laplace, scale: 2.0}]"]) == 0  # fmt: skip
     (plain,) = (out / "averages").glob("2*")

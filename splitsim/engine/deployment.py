@@ -229,9 +229,9 @@ def portable(scenario: Scenario) -> dict:
     return data
 
 
-def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
-    """Run ``scenario`` on a loopback SuperLink and SuperNodes; True when its run folder is
-    complete. The ServerApp process prints the progress and the closing table."""
+def run_deployed(scenario: Scenario, console: Console, out: str | None) -> Path | None:
+    """Run ``scenario`` on a loopback SuperLink and SuperNodes; its run folder when complete,
+    None when not. The ServerApp process prints the progress and the closing table."""
     nodes = ROLES.get(scenario.role.name).flower_nodes(scenario)
     work = Path(tempfile.mkdtemp(prefix="splitsim-deploy-"))
     app = work / "app"
@@ -258,7 +258,7 @@ def run_deployed(scenario: Scenario, console: Console, out: str | None) -> bool:
     if "folder" in outcome:
         console.print(f"deployment engine: {time.perf_counter() - started:.1f} s")
         shutil.rmtree(work, ignore_errors=True)
-        return True
+        return Path(outcome["folder"])
     reason = outcome.get("error", "no result from the ServerApp")
     console.print(f"[red]the deployed run failed[/red]: {reason}; Flower logs in {work}")
-    return False
+    return None
