@@ -67,3 +67,30 @@ def write(folder: Path, scenario_name: str, results: dict, plots: dict, role: An
     writer.writerows(flatten(results["metrics"]))
     write_atomic(folder / "metrics.csv", buffer.getvalue())
     role.report.write(folder, scenario_name, results, plots)
+    section = privacy_section(results["metrics"])
+    if section:
+        report = folder / "report.md"
+        text = report.read_text() if report.exists() else ""
+        write_atomic(report, text.rstrip("\n") + "\n\n" + section)
+
+
+def privacy_section(metrics: dict) -> str:
+    """``report.md``'s privacy budgets: the run's (``metrics.privacy``) and, for a role that
+    compares passes, each pass's (``metrics.sessions[i].privacy``)."""
+    from splitsim.defences.privacy import describe
+
+    groups = [("", metrics.get("privacy") or [])]
+    for row in metrics.get("sessions") or []:
+        if isinstance(row, dict) and row.get("privacy"):
+            label = " / ".join(str(row[k]) for k in ("directions", "defences") if k in row)
+            groups.append((label, row["privacy"]))
+    lines = [f"- {label + ': ' if label else ''}{describe(r)}" for label, rows in groups
+             for r in rows]  # fmt: skip
+    if not lines:
+        return ""
+    return (
+        "## Privacy budget\n\nEpsilon of each noise defence per release and over all of a "
+        "record's releases in this run (splitsim/defences/privacy.py):\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )

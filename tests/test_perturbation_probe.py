@@ -139,6 +139,13 @@ def test_report_table_and_numbers(probe_run):
     assert budgeted["queries_max"] <= 200 * 1.0 + 40 and budgeted["refused"] > 0
     both = table[("random", "query_budget(queries=200) + randomised_response(p=0.2)")]
     assert both["ssim"] < clean["ssim"]
+    # randomised response's budget: ln((1 - p) / p) per answer, over the most-probed input's
+    (rr,) = both["privacy"]  # the query budget makes no differential-privacy claim
+    assert rr["epsilon_per_release"] == pytest.approx(np.log(0.8 / 0.2))
+    assert rr["releases"] == both["queries_max"]
+    assert rr["epsilon"] == pytest.approx(both["queries_max"] * np.log(4.0))
+    assert clean["privacy"] == []
+    assert "randomised_response on each input" in (probe_run / "report.md").read_text()
     assert m["served_model_test_accuracy"] > 0.95
     for name in ("reconstructions.png", "styles.png", "report.md"):
         assert (probe_run / name).stat().st_size > 1000

@@ -229,6 +229,11 @@ def test_defended_adaptive_run_with_dp_sgd_and_update_noise(tmp_path):
     assert 0 < m["defences"]["epsilon"] < 100 and m["defences"]["adaptive"] is True
     assert row["scored_rounds"] == 4 and 0 <= row["auc"] <= 1
     assert "epsilon over the run" in (folder / "report.md").read_text()
+    update, dp = m["privacy"]
+    assert (update["defence"], update["releases"]) == ("update_noise", 6)
+    assert update["mechanism"] == "Gaussian" and update["noise_multiplier"] == pytest.approx(2e-4)
+    assert dp["defence"] == "dp_sgd" and dp["epsilon"] == m["defences"]["epsilon"]
+    assert "## Privacy budget" in (folder / "report.md").read_text()
 
 
 HEAD = "dataset: {name: fashion_mnist}\nrole: {name: property_inference"

@@ -146,6 +146,14 @@ def test_laplace_and_nopeek_cut_the_leak(runs):
     assert drop > 0.25, drop
     assert defended["leakage"]["inference"]["mse"] > plain["leakage"]["inference"]["mse"]
     assert defended["distance_correlation"]["mean"] < plain["distance_correlation"]["mean"] - 0.05
+    # the paper's noise has no clipping bound: no finite epsilon, and the run says why
+    (budget,) = defended["privacy"]
+    assert budget["defence"] == "laplace" and budget["record"] == "test image"
+    assert budget["finite"] is False and budget["epsilon"] is None  # JSON: null
+    assert "no clip" in budget["unbounded"]
+    assert plain["privacy"] == []
+    report = (runs["defended"] / "report.md").read_text()
+    assert "laplace on each test image: epsilon infinite" in report
 
 
 @pytest.mark.slow

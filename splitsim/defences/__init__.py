@@ -17,7 +17,12 @@ from splitsim.registry import DEFENCES
 
 def build(specs: list) -> list[Defence]:
     """Scenario ``defences:`` entries -> defence objects, in order."""
-    return [DEFENCES.get(spec.name)(spec.params) for spec in specs]
+    built = []
+    for spec in specs:
+        defence = DEFENCES.get(spec.name)(spec.params)
+        defence.name = spec.name
+        built.append(defence)
+    return built
 
 
 __all__ = ["Defence", "apply_stage", "build"]

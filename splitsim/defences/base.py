@@ -12,7 +12,7 @@ whose stage a role lacks is refused when the scenario is loaded, never silently 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -27,9 +27,17 @@ class DefenceParams(BaseModel):
 class Defence:
     stage: ClassVar[Stage]
     Params: ClassVar[type[DefenceParams]]
+    name: str = ""  # the scenario's name for it (set by ``defences.build``)
 
     def __init__(self, params: DefenceParams) -> None:
         self.params = params
+
+    def budget(self, releases: int, **context: Any) -> dict[str, Any] | None:
+        """The privacy budget when one record's value passes through this defence
+        ``releases`` times (``splitsim/defences/privacy.py``); None for a defence that is not
+        a differential-privacy mechanism. ``context``: what the mechanism needs from the role
+        (``size``, the number of values released; ``sample_rate`` for DP-SGD)."""
+        return None
 
     def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Return the defended copy of ``values`` (a payload, or one weight tensor)."""

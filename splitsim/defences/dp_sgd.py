@@ -13,11 +13,14 @@ models learning unintended properties; this defence measures it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from pydantic import Field
 
 from splitsim.defences.base import Defence, DefenceParams
+from splitsim.defences.privacy import accounted
 from splitsim.registry import DEFENCES
 
 
@@ -55,11 +58,14 @@ class DPSGD(Defence):
         )
 
     def epsilon(self, sample_rate: float, steps: int) -> float:
-        """Epsilon at ``delta`` after ``steps`` DP-SGD steps at this Poisson sampling rate."""
-        from opacus.accountants import RDPAccountant
+        """Epsilon at ``delta`` after ``steps`` DP-SGD steps at this Poisson sampling rate
+        (the tighter of Opacus's RDP and PRV accountants)."""
+        return self.budget(steps, sample_rate=sample_rate)["epsilon"]
 
-        if self.params.noise_multiplier == 0 or steps == 0:
-            return float("inf") if steps else 0.0
-        accountant = RDPAccountant()
-        accountant.history = [(self.params.noise_multiplier, sample_rate, steps)]
-        return float(accountant.get_epsilon(delta=self.params.delta))
+    def budget(self, releases: int, **context: Any) -> dict[str, Any]:
+        """``releases``: the participant's local steps over the run; ``sample_rate``: its
+        Poisson sampling rate (batch size / records)."""
+        p = self.params
+        return accounted("DP-SGD (sampled Gaussian)", p.noise_multiplier,
+                         float(context["sample_rate"]), releases, p.delta,
+                         max_grad_norm=p.max_grad_norm)  # fmt: skip

@@ -274,6 +274,18 @@ class Role(ABC):
         output = self.attack(received)
         return self.evaluate(received, self.truth(received), output)
 
+    def privacy(
+        self, stage: str, releases: dict[str, int], specs: list | None = None, **context: Any
+    ) -> list[dict[str, Any]]:
+        """The privacy budget of the scenario's ``stage`` defences (or of ``specs``) for each
+        kind of record in ``releases``, how many times one such record's value was released
+        through them (``splitsim/defences/privacy.py``). Evaluation puts it in the metrics."""
+        from splitsim.defences import build
+        from splitsim.defences.privacy import budgets
+
+        chosen = self.scenario.defences if specs is None else specs
+        return budgets(build(chosen), stage, releases, **context)
+
     @property
     def wire(self) -> WireLog:
         """This run's wire log (``wire.jsonl``), opened on first use."""

@@ -317,7 +317,10 @@ class HiddenLearningSupplier(Role):
             net = official_network(self.scenario, input_shape)
             net.load_state_dict(_state(received.networks, f"official_{which}"))
             scores[which] = predict_scores(net, test.x)
-        metrics = {**received.supplier, "deployment": deployed, "wire": received.wire}
+        # each phone sends its scores once; its side fields go as they are (no DP claim)
+        privacy = self.privacy("payload", {"phone's scores": 1})
+        metrics = {**received.supplier, "deployment": deployed, "privacy": privacy,
+                   "wire": received.wire}  # fmt: skip
         plots = {
             "test_scores": scores,
             "test_secrets": {name: test.secrets[name] for name in self._secrets()},

@@ -377,6 +377,15 @@ class ModelInversionServer(Role):
 
     # -- 4. evaluate -------------------------------------------------------------------
 
+    def _releases(self) -> dict[str, int]:
+        """How often one image's intermediate tensor went through the payload defences: a
+        test image once, at inference; a training image once per epoch when the noise is on
+        during training too (papers/003, Algorithm 1), else never."""
+        releases = {"test image": 1}
+        if any(s.name == "laplace" and s.params.during_training for s in self.scenario.defences):
+            releases["training image"] = self.scenario.training.epochs
+        return releases
+
     def evaluate(
         self, received: InversionReceived, truth: InversionTruth, output: InversionOutput
     ) -> Evaluation:
@@ -431,6 +440,7 @@ class ModelInversionServer(Role):
                 "history": received.history,
             },
             "distance_correlation": dcor_stats,
+            "privacy": self.privacy("payload", self._releases()),
             "attack": {
                 "access": p.access,
                 "aux_data": p.aux_data,

@@ -306,6 +306,12 @@ class PerturbationProber(Role):
                         "served_accuracy": served_accuracy(
                             model, truth.x, truth.y, session.defences, scenario.seed
                         ),
+                        # each answered probe releases the input's bit once more
+                        "privacy": self.privacy(
+                            "answer",
+                            {"input (the most probed)": int(sig.queries.max())},
+                            session.defences,
+                        ),
                     }
                 )
                 advance()

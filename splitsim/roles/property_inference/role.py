@@ -396,7 +396,12 @@ class PropertyInferenceParticipant(Role):
                 advance()
         passive = next((a for a in attackers if a["alpha"] == 1.0), None)
         active = attackers[0]
-        dp = [d for d in population(self.scenario).defences if d.stage == "training"]
+        # an honest participant uploads an update every round, after its local DP-SGD steps
+        privacy_updates = self.privacy("update", {"participant": p.rounds},
+                                       size=self._update_size())  # fmt: skip
+        steps = p.rounds * p.local_epochs * round(p.records_per_round / p.local_batch_size)
+        privacy_dp = self.privacy("training", {"participant": steps},
+                                  sample_rate=p.local_batch_size / p.records_per_round)  # fmt: skip
         chance = float(np.bincount(truth.y_test).max() / len(truth.y_test))
         metrics = {
             "attackers": attackers,
@@ -420,22 +425,20 @@ class PropertyInferenceParticipant(Role):
             },
             "participants": {"honest": self.scenario.deployment.clients, "adversarial": 1},
             "defences": {
-                "epsilon": (
-                    dp[0].epsilon(
-                        p.local_batch_size / p.records_per_round,
-                        p.rounds * p.local_epochs * round(p.records_per_round / p.local_batch_size),
-                    )
-                    if dp
-                    else None
-                ),
+                "epsilon": privacy_dp[0]["epsilon"] if privacy_dp else None,
                 "adaptive": p.adaptive,
             },
+            "privacy": privacy_updates + privacy_dp,
             "failures": failures,
             "wire": received.wire,
         }
         plots = {"projections": projections, "property": truth.p_test[pick],
                  "attackers": attackers}  # fmt: skip
         return Evaluation(metrics, plots)
+
+    def _update_size(self) -> int:
+        """The number of values in one uploaded update (``local_training.flat_parameters``)."""
+        return sum(t.numel() for t in population(self.scenario).build().state_dict().values())
 
     def _test_set(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The public test set, restricted to the task's classes: images, task, property."""
