@@ -127,16 +127,20 @@ def test_defence_scores_and_leakage(matrix):
     assert float(hidden["leakage"]) > float(hidden["leakage_chance"]) + 0.1
     hidden_noisy = cell(rows, "hidden_learning", "laplace 1.0", "non_adaptive")
     assert float(hidden_noisy["leakage"]) < float(hidden["leakage"])
+    # the paper's Laplace noise has no clipping bound, so no finite epsilon; none has none
+    assert noisy["epsilon"] == hidden_noisy["epsilon"] == "inf" and baseline["epsilon"] == ""
 
 
 @pytest.mark.slow
 def test_reports_are_self_contained(matrix):
     page = (matrix / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3  # heat map + one plot per role
+    # heat map; per role, privacy-utility and leakage against epsilon (laplace: unbounded)
+    assert page.count("data:image/png;base64,") == 5
     assert "n/a" in page and "http" not in page.replace("http-equiv", "")
     text = (matrix / "report.md").read_text()
     assert "## model_inversion" in text and "### adaptive attacker" in text
-    for name in ("heatmap.png", "privacy_utility_hidden_learning.png"):
+    for name in ("heatmap.png", "privacy_utility_hidden_learning.png",
+                 "leakage_epsilon_model_inversion.png"):  # fmt: skip
         assert (matrix / name).stat().st_size > 10_000
 
 

@@ -130,3 +130,23 @@ def describe(row: dict[str, Any]) -> str:
         f"per release, {num(row['epsilon'])}{delta} over {row['releases']} "
         f"({row['composition']}){why}"
     )
+
+
+def headline_epsilon(metrics: dict[str, Any]) -> float | None:
+    """A run's epsilon for the comparison: the largest over its budgets (the record that
+    spent most), of the configured pass where a role compares passes; ``inf`` when one is
+    unbounded, None when no defence of the run is a differential-privacy mechanism."""
+    rows = metrics.get("privacy")
+    if rows is None and metrics.get("sessions"):
+        rows = metrics["sessions"][0].get("privacy")
+    if not rows:
+        return None
+    return max(INF if not r.get("finite", True) or r["epsilon"] is None else r["epsilon"]
+               for r in rows)  # fmt: skip
+
+
+def epsilon_text(value: float | None) -> str:
+    """A cell's epsilon in a table: blank without a mechanism, "inf" when unbounded."""
+    if value is None:
+        return ""
+    return "inf" if math.isinf(value) else f"{value:.4g}"

@@ -8,12 +8,14 @@ import base64
 import csv
 import html
 import io
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
+from splitsim.defences.privacy import epsilon_text
 from splitsim.matrix.score import defence_score, pareto_front
 from splitsim.matrix.spec import Cell, Matrix
 from splitsim.reporting import pyplot, save_figure
@@ -22,7 +24,7 @@ from splitsim.runs import write_atomic
 COLUMNS = [
     "role", "defence", "parameters", "attacker", "seed", "status", "utility_metric", "utility",
     "utility_chance", "leakage_metric", "leakage", "leakage_chance", "other_leakage",
-    "leakage_removed", "utility_kept", "defence_score", "wall_s", "cell", "note",
+    "leakage_removed", "utility_kept", "defence_score", "epsilon", "wall_s", "cell", "note",
 ]  # fmt: skip
 ATTACKER_STYLE = {"non_adaptive": ("o", "tab:blue"), "adaptive": ("^", "tab:red")}
 
@@ -72,6 +74,7 @@ def rows(matrix: Matrix, cells: list[Cell], records: dict[str, dict]) -> list[di
                 "leakage": head["value"],
                 "leakage_chance": head["chance"],
                 "other_leakage": "; ".join(f"{o['name']}={o['value']:.4g}" for o in others),
+                "epsilon": record.get("epsilon", ""),
                 "wall_s": record.get("wall_s"),
             }
             base = baseline.get((cell.role, cell.attacker, cell.seed))
@@ -110,6 +113,12 @@ def _sd(values: list) -> float | None:
     return float(statistics.stdev(values)) if len(values) > 1 else None
 
 
+def _epsilon(values: list[str]) -> float | None:
+    """The largest epsilon over a group's seeds (cells give it as text; blank: none)."""
+    numbers = [float(v) for v in values if v != ""]
+    return max(numbers) if numbers else None
+
+
 def aggregate(table: list[dict]) -> list[dict]:
     """Seeds averaged: one entry per (role, defence, attacker), in matrix order."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
@@ -138,6 +147,7 @@ def aggregate(table: list[dict]) -> list[dict]:
                 "removed": _mean([r["leakage_removed"] for r in ok]),
                 "score": _mean([r["defence_score"] for r in ok]),
                 "score_sd": _sd([r["defence_score"] for r in ok]),
+                "epsilon": _epsilon([r.get("epsilon", "") for r in ok]),
             }
         )
     return out
@@ -211,6 +221,42 @@ def privacy_utility(groups: list[dict], role: str, path: Path) -> None:
     save_figure(fig, path)
 
 
+def leakage_epsilon(groups: list[dict], role: str, path: Path) -> None:
+    """Leakage against each defence's epsilon (log scale); unbounded budgets at the right
+    edge, the undefended leakage as a line."""
+    plt = pyplot()
+    mine = [g for g in groups if g["role"] == role and g["status"] == "ok"]
+    finite = [
+        g["epsilon"] for g in mine if g["epsilon"] is not None and math.isfinite(g["epsilon"])
+    ]
+    edge = 10 * max(finite) if finite else 10.0
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for attacker, (marker, colour) in ATTACKER_STYLE.items():
+        points = [g for g in mine if g["attacker"] == attacker and g["epsilon"] is not None]
+        for i, g in enumerate(points):
+            x = g["epsilon"] if math.isfinite(g["epsilon"]) else edge
+            ax.scatter([max(x, 1e-3)], [g["leakage"]], marker=marker, color=colour,
+                       label=None if i else attacker.replace("_", "-") + " attacker")  # fmt: skip
+            ax.annotate(g["defence"], (max(x, 1e-3), g["leakage"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+        base = next((g for g in mine if g["attacker"] == attacker and g["defence"] == "none"), None)
+        if base is not None:
+            ax.axhline(base["leakage"], color=colour, linestyle=":", alpha=0.7,
+                       label=f"undefended ({attacker.replace('_', '-')})")  # fmt: skip
+    ax.axvline(edge, color="0.6", linewidth=0.8)
+    ax.text(edge, ax.get_ylim()[1], " unbounded", fontsize=7, va="top", color="0.4")
+    ax.set_xscale("log")
+    ax.set_xlabel("epsilon over the run (the record that spent most; log scale; 0 at 0.001)")
+    if mine:
+        ax.set_ylabel(f"{mine[0]['leakage_metric']} (leakage)")
+    ax.set_title(f"{role}: leakage against the privacy budget")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
 def _ranking(groups: list[dict], role: str, attacker: str) -> list[dict]:
     mine = [g for g in groups if g["role"] == role and g["attacker"] == attacker]
     ok = sorted(
@@ -250,13 +296,15 @@ def _table_rows(groups: list[dict], role: str, attacker: str) -> list[list[str]]
                 _fmt(g["leakage"], g["leakage_sd"]) if ok else g["status"],
                 _fmt(g["removed"], digits=2) if ok else "",
                 _fmt(g["score"], g["score_sd"]) if ok else "",
+                epsilon_text(g["epsilon"]) if ok else "",
                 "" if ok else g["note"],
             ]
         )
     return out
 
 
-HEAD = ["rank", "defence", "parameters", "utility", "leakage", "removed", "defence score", "note"]
+HEAD = ["rank", "defence", "parameters", "utility", "leakage", "removed", "defence score",
+        "epsilon", "note"]  # fmt: skip
 
 
 def markdown(matrix: Matrix, groups: list[dict], pictures: dict[str, str]) -> str:
@@ -288,6 +336,8 @@ def markdown(matrix: Matrix, groups: list[dict], pictures: dict[str, str]) -> st
                 f"![privacy-utility]({pictures[role]})",
                 "",
             ]
+        if f"epsilon {role}" in pictures:
+            lines += [f"![leakage against epsilon]({pictures[f'epsilon {role}']})", ""]
         for attacker in dict.fromkeys(g["attacker"] for g in groups if g["role"] == role):
             lines += [f"### {attacker.replace('_', '-')} attacker", ""]
             lines += ["| " + " | ".join(HEAD) + " |", "|" + "---|" * len(HEAD)]
@@ -330,6 +380,11 @@ def html_page(matrix: Matrix, groups: list[dict], folder: Path, pictures: dict[s
                 f"<img class='pareto' alt='privacy-utility {e(role)}' "
                 f"src='{_inline(folder / pictures[role])}'>"
             )
+        if f"epsilon {role}" in pictures:
+            parts.append(
+                f"<img class='epsilon' alt='leakage against epsilon {e(role)}' "
+                f"src='{_inline(folder / pictures[f'epsilon {role}'])}'>"
+            )
         for attacker in dict.fromkeys(g["attacker"] for g in groups if g["role"] == role):
             parts.append(f"<h3>{e(attacker.replace('_', '-'))} attacker</h3><table><tr>")
             parts += [f"<th>{e(h)}</th>" for h in HEAD]
@@ -352,6 +407,10 @@ def write(folder: Path, matrix: Matrix, cells: list[Cell], records: dict[str, di
         if any(g["role"] == role and g["status"] == "ok" for g in groups):
             pictures[role] = f"privacy_utility_{role}.png"
             privacy_utility(groups, role, folder / pictures[role])
+        if any(g["role"] == role and g["status"] == "ok" and g["epsilon"] is not None
+               for g in groups):  # fmt: skip
+            pictures[f"epsilon {role}"] = f"leakage_epsilon_{role}.png"
+            leakage_epsilon(groups, role, folder / pictures[f"epsilon {role}"])
     write_atomic(folder / "report.md", markdown(matrix, groups, pictures))
     write_atomic(folder / "report.html", html_page(matrix, groups, folder, pictures))
     return table

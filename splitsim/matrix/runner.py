@@ -30,6 +30,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from splitsim.defences.privacy import epsilon_text, headline_epsilon
 from splitsim.errors import ScenarioError
 from splitsim.matrix.spec import Cell, Matrix
 from splitsim.runs import write_atomic, write_json
@@ -92,6 +93,8 @@ def execute_cell(
             "status": "ok",
             "run_folder": str(folders[-1].relative_to(root)),
             "summary": ROLES.get(role).summary(results["metrics"]),
+            # text: JSON has no infinity, and an unbounded budget is not a missing one
+            "epsilon": epsilon_text(headline_epsilon(results["metrics"])),
         }
         write_json(root / "cells" / f"{cell_id}.json", record)
     else:
