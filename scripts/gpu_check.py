@@ -44,7 +44,7 @@ END = "<!-- gpu_check:end -->"
 DATASETS = ("fashion_mnist", "mnist")  # every scenario the check runs reads one of these
 # Import names of the runtime dependencies (pyproject.toml): the GPU image lacks some of them.
 MODULES = ("torch", "torchvision", "flwr", "ray", "pydantic", "yaml", "numpy", "sklearn",
-           "matplotlib", "rich", "skimage", "opacus", "psutil")  # fmt: skip
+           "matplotlib", "rich", "markdown", "skimage", "opacus", "psutil")  # fmt: skip
 PYTEST_GPU_TEST = "tests/test_scale.py::test_federated_clients_train_on_their_gpu_share"
 # Figures the docs already give for the 2-core CPU box (docs/hidden_images.md and
 # docs/perturbation_probe.md), quoted beside the GPU's.

@@ -67,11 +67,51 @@ def write(folder: Path, scenario_name: str, results: dict, plots: dict, role: An
     writer.writerows(flatten(results["metrics"]))
     write_atomic(folder / "metrics.csv", buffer.getvalue())
     role.report.write(folder, scenario_name, results, plots)
+    report = folder / "report.md"
     section = privacy_section(results["metrics"])
     if section:
-        report = folder / "report.md"
         text = report.read_text() if report.exists() else ""
         write_atomic(report, text.rstrip("\n") + "\n\n" + section)
+    if report.exists():
+        write_atomic(folder / "report.html", html_page(report.read_text(), folder, scenario_name))
+
+
+PAGE_STYLE = (
+    "body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;padding:0 1em}"
+    "table{border-collapse:collapse;margin:0.5em 0 1.5em}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}"
+    "img{max-width:100%} code{background:#f4f4f4;padding:0 3px}"
+)
+
+
+def html_page(markdown_text: str, folder: Path, title: str) -> str:
+    """``report.md`` as one self-contained page: the Markdown rendered by Python-Markdown
+    (tables extension; raw HTML in it shown as text), each picture of the run folder inlined as a data URI; no script, no
+    stylesheet or font from elsewhere, so it opens offline and can be mailed as one file. A
+    picture that is not a file in the run folder is dropped, not fetched."""
+    import base64
+    import html
+    import re
+
+    import markdown
+
+    # Markdown passes raw HTML through, and a report quotes the scenario (its name, defence
+    # labels): a "<script>" there stays text on the page.
+    body = markdown.markdown(markdown_text.replace("<", "&lt;"), extensions=["tables"])
+
+    def inline(match: re.Match) -> str:
+        name = html.unescape(match.group(1))
+        path = (folder / name).resolve()
+        if path.parent != folder.resolve() or path.suffix != ".png" or not path.is_file():
+            return 'src=""'
+        return 'src="data:image/png;base64,' + base64.b64encode(path.read_bytes()).decode() + '"'
+
+    body = re.sub(r'src="([^"]*)"', inline, body)
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>splitsim: {html.escape(title)}</title><style>{PAGE_STYLE}</style></head>"
+        f"<body>\n{body}\n</body></html>\n"
+    )
 
 
 def privacy_section(metrics: dict) -> str:

@@ -77,6 +77,7 @@ def test_run_folder_has_report_pictures_and_wire(runs):
         "results.json",
         "metrics.csv",
         "report.md",
+        "report.html",
         "reconstructions.png",
         "training.png",
         "wire.jsonl",
@@ -84,6 +85,8 @@ def test_run_folder_has_report_pictures_and_wire(runs):
         "scenario.yaml",
     ):
         assert (folder / name).exists(), name
+    page = (folder / "report.html").read_text()  # self-contained: pictures inlined
+    assert page.count('src="data:image/png;base64,') >= 2 and "http" not in page
     received = np.load(folder / "received.npz")
     assert received["inference_z"].shape == (400, 500)
     # The server kept what it saw of the chosen images in the last training epoch.
