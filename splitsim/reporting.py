@@ -86,9 +86,10 @@ PAGE_STYLE = (
 
 def html_page(markdown_text: str, folder: Path, title: str) -> str:
     """``report.md`` as one self-contained page: the Markdown rendered by Python-Markdown
-    (tables extension; raw HTML in it shown as text), each picture of the run folder inlined as a data URI; no script, no
-    stylesheet or font from elsewhere, so it opens offline and can be mailed as one file. A
-    picture that is not a file in the run folder is dropped, not fetched."""
+    (tables extension; raw HTML in it shown as text), each picture of the run folder inlined
+    as a data URI; no script, no stylesheet or font from elsewhere, so it opens offline and
+    can be mailed as one file. A picture that is not a file in the run folder is dropped, not
+    fetched."""
     import base64
     import html
     import re
