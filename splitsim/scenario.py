@@ -17,7 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from splitsim.errors import ScenarioError
 from splitsim.registry import DATASETS, DEFENCES, MODELS, ROLES, Registry
@@ -60,11 +68,35 @@ class Training(Strict):
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
 
 
+class Partitioner(Strict):
+    """How the owners' training data is split among them: even and IID, by class proportions
+    drawn from Dirichlet(alpha) (Hsu, Qi, Brown 2019), or ``shards_per_owner`` label-sorted
+    shards each (McMahan et al. 2017), as flwr-datasets' partitioners do."""
+
+    name: Literal["iid", "dirichlet", "shards"] = "iid"
+    alpha: float | None = Field(None, gt=0, le=1e6, description="dirichlet: concentration")
+    shards_per_owner: int | None = Field(None, ge=1, le=1000, description="shards: per owner")
+    min_size: int = Field(10, ge=1, le=100_000, description="dirichlet: least images an owner gets")
+
+    @model_validator(mode="after")
+    def _fields_of_the_name(self) -> Partitioner:
+        if self.name == "dirichlet" and self.alpha is None:
+            raise ValueError("alpha: dirichlet needs a concentration alpha (e.g. 0.3)")
+        if self.name == "shards" and self.shards_per_owner is None:
+            raise ValueError("shards_per_owner: shards needs shards per owner (e.g. 2)")
+        if self.name != "dirichlet" and self.alpha is not None:
+            raise ValueError(f"alpha: only for dirichlet, not {self.name}")
+        if self.name != "shards" and self.shards_per_owner is not None:
+            raise ValueError(f"shards_per_owner: only for shards, not {self.name}")
+        return self
+
+
 class Deployment(Strict):
     clients: int = Field(
         10, ge=1, le=100_000, description="Flower nodes, one partition of users each"
     )
     users: int = Field(2000, ge=1, le=100_000_000, description="data owners across all clients")
+    partitioner: Partitioner = Partitioner()
 
 
 class Fault(Strict):

@@ -35,6 +35,7 @@ PURPOSES: dict[str, int] = {
     "split.inference_noise": 63,
     "split.server_init": 64,
     "split.test_partition": 65,
+    "split.non_iid_partition": 66,
     "inversion.training_targets": 70,
     "inversion.attack": 71,
     "inversion.noise_sweep": 72,

@@ -135,6 +135,7 @@ def test_defences_cut_the_leak_and_cost_utility(runs):
         "name": "laplace",
         "scale": 0.3,
         "during_training": False,
+        "clip": None,
     }
     cv_plain = plain["secrets"]["cv_risk"]["accuracy"]
     cv_def = defended["secrets"]["cv_risk"]["accuracy"]

@@ -37,7 +37,15 @@ CASES = {
     "typo_key": (variant(deploymnet={"clients": 3}), "deploymnet: unknown field; allowed: name"),
     "typo_nested_key": (
         variant(deployment={"client": 3}),
-        "deployment.client: unknown field; allowed: clients, users",
+        "deployment.client: unknown field; allowed: clients, users, partitioner",
+    ),
+    "non_iid_for_a_role_without_it": (
+        variant(deployment={"partitioner": {"name": "shards", "shards_per_owner": 2}}),
+        "deployment.partitioner.name: role hidden_learning splits its owners' data iid only",
+    ),
+    "dirichlet_without_alpha": (
+        variant(deployment={"partitioner": {"name": "dirichlet"}}),
+        "deployment.partitioner: alpha: dirichlet needs a concentration alpha",
     ),
     "wrong_type": (variant(seed="abc"), "seed: Input should be a valid integer"),
     "unknown_role": (

@@ -169,6 +169,8 @@ class Role(ABC):
     datasets: ClassVar[tuple[str, ...] | None] = None
     #: it reads the scenario's ``tasks`` (an image dataset's official and secret task)
     uses_tasks: ClassVar[bool] = False
+    #: the ``deployment.partitioner`` names it splits the owners' data by
+    partitioners: ClassVar[tuple[str, ...]] = ("iid",)
     #: its Received subclass, read back by ``python -m splitsim attack``
     received_type: ClassVar[type[Received]]
     #: role fields that only the attack and evaluation read: what a re-attack may change
@@ -211,6 +213,13 @@ class Role(ABC):
             )
         if not cls.uses_tasks and scenario.tasks is not None:
             raise ScenarioError(source, "tasks", f"not used by role {name}; remove it")
+        chosen = scenario.deployment.partitioner.name
+        if chosen not in cls.partitioners:
+            raise ScenarioError(
+                source, "deployment.partitioner.name",
+                f"role {name} splits its owners' data {' or '.join(cls.partitioners)} only "
+                f"(got {chosen!r})",
+            )  # fmt: skip
 
     @classmethod
     def check(cls, scenario: Scenario, source: str) -> None:

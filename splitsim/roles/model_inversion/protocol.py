@@ -144,6 +144,14 @@ def _last_applied(path: Path) -> tuple[int, int] | None:
     return int(rnd), int(step)
 
 
+def _mine(scenario: Scenario, dataset: Any, pid: int) -> np.ndarray:
+    """This owner's training image ids, by the scenario's partitioner (its own labels decide
+    a non-IID share; they never leave it)."""
+    x_train, y_train = dataset.classifier_train()
+    return train_partition(len(x_train), scenario.deployment.clients, pid, scenario.seed,
+                           y_train, scenario.deployment.partitioner)  # fmt: skip
+
+
 def _handle(
     scenario: Scenario, state_dir: str, keep: str | None, msg: Message, context: Context
 ) -> Message:
@@ -159,8 +167,7 @@ def _handle(
     phase = str(cfg["phase"])
     chosen = defence_lib.build(scenario.defences)
     if phase == "hello":
-        x_train, _ = dataset.classifier_train()
-        mine = train_partition(len(x_train), clients, pid, scenario.seed)
+        mine = _mine(scenario, dataset, pid)
         meta = ConfigRecord({"partition": pid, "train_samples": len(mine)})
         return Message(RecordDict({"meta": meta}), reply_to=msg)
     if scenario.engine.faults and phase in ("train", "infer"):  # failures on purpose
@@ -174,9 +181,7 @@ def _handle(
     if phase == "train":
         x_train, _ = dataset.classifier_train()
         rnd, step = int(cfg["round"]), int(cfg["step"])
-        order = batch_order(
-            train_partition(len(x_train), clients, pid, scenario.seed), scenario.seed, pid, rnd
-        )
+        order = batch_order(_mine(scenario, dataset, pid), scenario.seed, pid, rnd)
         steps = math.ceil(len(order) / batch)
         applied = Path(state_dir) / f"node-{pid}.applied"
         # A retried message whose gradient this owner already applied is not applied twice.

@@ -28,8 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
-from splitsim.data.partitions import test_partition
-from splitsim.data.score_data import partition_sizes
+from splitsim.data.partitions import test_partition, train_partition
 from splitsim.decoding import reconstruct
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
@@ -144,6 +143,7 @@ class ModelInversionServer(Role):
     models = {"split": "split_cnn"}
     report = report
     datasets = ("mnist",)
+    partitioners = ("iid", "dirichlet", "shards")
     fault_tolerant = True  # engine.faults / on_client_failure: an owner given up on leaves training
     received_type = InversionReceived
     adaptive_override = "role.adaptive=true"
@@ -241,13 +241,16 @@ class ModelInversionServer(Role):
         p, t = self.params, self.scenario.training
         clients = self.scenario.deployment.clients
         dataset = self._dataset()
-        n_train = len(dataset.classifier_labels())
+        labels = dataset.classifier_labels()
+        n_train = len(labels)
         # Which training tensors of the last epoch the server keeps, by image id.
         rng = self.seeds.rng("inversion.training_targets")
         keep = rng.choice(n_train, size=min(p.training_targets, n_train), replace=False)
         steps_per_round = sum(
-            math.ceil(n / t.batch_size) for n in partition_sizes(n_train, clients)
-        )
+            math.ceil(len(train_partition(n_train, clients, pid, self.scenario.seed, labels,
+                                          self.scenario.deployment.partitioner)) / t.batch_size)
+            for pid in range(clients)
+        )  # fmt: skip
         outcome = SplitOutcome()
         # A run in Flower's simulation checkpoints every round, and a resumed one goes on from
         # the last; under the deployment engine the owners' own machines would have to keep
@@ -377,6 +380,18 @@ class ModelInversionServer(Role):
 
     # -- 4. evaluate -------------------------------------------------------------------
 
+    def _owner_class_counts(self) -> dict[str, list[int]]:
+        """Each owner's training images per digit (the harness's truth, for the report)."""
+        labels = self._dataset().classifier_labels()
+        d, seed = self.scenario.deployment, self.scenario.seed
+        return {
+            str(pid): np.bincount(
+                labels[train_partition(len(labels), d.clients, pid, seed, labels, d.partitioner)],
+                minlength=10,
+            ).tolist()
+            for pid in range(d.clients)
+        }
+
     def _releases(self) -> dict[str, int]:
         """How often one image's intermediate tensor went through the payload defences: a
         test image once, at inference; a training image once per epoch when the noise is on
@@ -457,6 +472,8 @@ class ModelInversionServer(Role):
                 "task_loss": p.task_loss,
                 "data_owners": self.scenario.deployment.clients,
                 "train_samples": received.train_samples,
+                "partitioner": self.scenario.deployment.partitioner.model_dump(),
+                "owner_class_counts": self._owner_class_counts(),
                 "round_trips": received.round_trips,
                 "resumed_after_rounds": received.resumed_after,
                 "failures": received.failures,
