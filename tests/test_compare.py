@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from splitsim.cli import main
-from splitsim.matrix.score import defence_score, pareto_front
+from splitsim.matrix.score import defence_score, pareto_front, vflair_dcs
 
 ROOT = Path(__file__).resolve().parents[1]
 HIDDEN = {
@@ -116,6 +116,8 @@ def test_defence_scores_and_leakage(matrix):
             assert 0.0 <= float(r["defence_score"]) <= 1.0
     baseline = cell(rows, "model_inversion", "none", "non_adaptive")
     assert float(baseline["defence_score"]) == pytest.approx(1 - 0.5**0.5, abs=1e-6)
+    ap = float(baseline["leakage"])  # VFLAIR's score of doing nothing: only the attack counts
+    assert float(baseline["vflair_dcs"]) == pytest.approx(1 / (1 + (0.5 * ap**2) ** 0.5), rel=1e-3)
     assert float(baseline["leakage"]) > 0.6  # reconstructions are recognisable undefended
     noisy = cell(rows, "model_inversion", "laplace 1.0", "non_adaptive")
     assert float(noisy["leakage"]) < float(baseline["leakage"]) - 0.2
@@ -252,6 +254,9 @@ def test_defence_score_and_pareto_front():
     assert s["score"] == pytest.approx(1 - (0.5 * 0.25) ** 0.5)
     assert defence_score(0.1, 0.9, 0.1, 0.1, 1.0, 0.1)["score"] == pytest.approx(1 - 0.5**0.5)
     assert defence_score(0.9, 0.9, 0.1, 0.1, 0.1, 0.1)["score"] is None  # nothing to remove
+    # VFLAIR's cal_dcs by hand: AP 0.6, MP 0.8 against 0.9 undefended, beta 0.5
+    assert vflair_dcs(0.6, 0.8, 0.9) == pytest.approx(1 / (1 + (0.5 * 0.36 + 0.5 * 0.01) ** 0.5))
+    assert vflair_dcs(0.0, 0.95, 0.9) == 1.0  # nothing leaks, nothing lost
     points = [(0.9, 0.98), (0.5, 0.97), (0.6, 0.96), (0.1, 0.5), (0.1, 0.4)]
     assert pareto_front(points) == [3, 1, 0]
 

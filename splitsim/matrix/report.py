@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from splitsim.defences.privacy import epsilon_text
-from splitsim.matrix.score import defence_score, pareto_front
+from splitsim.matrix.score import defence_score, pareto_front, vflair_dcs
 from splitsim.matrix.spec import Cell, Matrix
 from splitsim.reporting import pyplot, save_figure
 from splitsim.runs import write_atomic
@@ -24,7 +24,8 @@ from splitsim.runs import write_atomic
 COLUMNS = [
     "role", "defence", "parameters", "attacker", "seed", "status", "utility_metric", "utility",
     "utility_chance", "leakage_metric", "leakage", "leakage_chance", "other_leakage",
-    "leakage_removed", "utility_kept", "defence_score", "epsilon", "wall_s", "cell", "note",
+    "leakage_removed", "utility_kept", "defence_score", "vflair_dcs", "epsilon", "wall_s",
+    "cell", "note",
 ]  # fmt: skip
 ATTACKER_STYLE = {"non_adaptive": ("o", "tab:blue"), "adaptive": ("^", "tab:red")}
 
@@ -89,6 +90,9 @@ def rows(matrix: Matrix, cells: list[Cell], records: dict[str, dict]) -> list[di
                     "leakage_removed": score["removed"],
                     "utility_kept": score["kept"],
                     "defence_score": score["score"],
+                    "vflair_dcs": vflair_dcs(
+                        head["value"], s["utility"]["value"], base["utility"]["value"]
+                    ),  # fmt: skip
                 }
         out.append(row)
     return out
@@ -147,6 +151,7 @@ def aggregate(table: list[dict]) -> list[dict]:
                 "removed": _mean([r["leakage_removed"] for r in ok]),
                 "score": _mean([r["defence_score"] for r in ok]),
                 "score_sd": _sd([r["defence_score"] for r in ok]),
+                "vflair": _mean([r["vflair_dcs"] for r in ok]),
                 "epsilon": _epsilon([r.get("epsilon", "") for r in ok]),
             }
         )
@@ -296,6 +301,7 @@ def _table_rows(groups: list[dict], role: str, attacker: str) -> list[list[str]]
                 _fmt(g["leakage"], g["leakage_sd"]) if ok else g["status"],
                 _fmt(g["removed"], digits=2) if ok else "",
                 _fmt(g["score"], g["score_sd"]) if ok else "",
+                _fmt(g["vflair"]) if ok else "",
                 epsilon_text(g["epsilon"]) if ok else "",
                 "" if ok else g["note"],
             ]
@@ -304,7 +310,7 @@ def _table_rows(groups: list[dict], role: str, attacker: str) -> list[list[str]]
 
 
 HEAD = ["rank", "defence", "parameters", "utility", "leakage", "removed", "defence score",
-        "epsilon", "note"]  # fmt: skip
+        "VFLAIR DCS", "epsilon", "note"]  # fmt: skip
 
 
 def markdown(matrix: Matrix, groups: list[dict], pictures: dict[str, str]) -> str:

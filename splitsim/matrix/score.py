@@ -46,6 +46,22 @@ def defence_score(
     return {"removed": removed, "kept": kept, "score": score}
 
 
+def vflair_dcs(
+    leakage: float, utility: float, utility_undefended: float, beta: float = 0.5
+) -> float:
+    """VFLAIR's Defence Capability Score (Zou et al., *VFLAIR: A Research Library and Benchmark
+    for Vertical Federated Learning*, ICLR 2024; their ``src/metrics/data_process.py:
+    cal_dcs``), printed beside ours so numbers can be set beside VFLAIR's tables:
+    ``DCS = 1 / (1 + sqrt((1 - beta) * max(AP - 0, 0)^2 + beta * max(MP0 - MP, 0)^2))``, with
+    AP the raw attack performance (our headline leakage, not relative to chance), MP the main
+    task's and MP0 the undefended main task's. Unlike our score it does not subtract chance,
+    so an attack at chance level still costs a defence; only the formula is comparable, not
+    VFLAIR's published values (other attacks, tasks and models)."""
+    d_ap = max(leakage, 0.0)
+    d_mp = max(utility_undefended - utility, 0.0)
+    return 1.0 / (1.0 + math.sqrt((1.0 - beta) * d_ap**2 + beta * d_mp**2))
+
+
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     """Indices of the points no other point beats on both less leakage (x) and more utility
     (y), sorted by leakage."""
