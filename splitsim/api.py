@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from splitsim.scenario import Scenario
 
 Overrides = Mapping[str, Any] | Iterable[str] | None
+END_OF_DOCUMENT = "...\n"  # what yaml.dump ends a lone scalar with
 
 __all__ = ["Comparison", "RunResult", "attack", "compare", "load", "overrides", "run"]
 
@@ -105,7 +106,7 @@ def overrides(values: Overrides, source: str) -> list[str]:
                     f"a value is plain data (number, string, list, mapping), "
                     f"not {type(value).__name__}",
                 ) from None
-            exprs.append(f"{key}={text.removesuffix('...' + chr(10)).strip()}")
+            exprs.append(f"{key}={text.removesuffix(END_OF_DOCUMENT).strip()}")
         return exprs
     exprs = list(values)
     for expr in exprs:  # the loader itself names a string without "=" as --set does

@@ -68,12 +68,13 @@ def write(folder: Path, scenario_name: str, results: dict, plots: dict, role: An
     write_atomic(folder / "metrics.csv", buffer.getvalue())
     role.report.write(folder, scenario_name, results, plots)
     report = folder / "report.md"
+    text = report.read_text() if report.exists() else None
     section = privacy_section(results["metrics"])
     if section:
-        text = report.read_text() if report.exists() else ""
-        write_atomic(report, text.rstrip("\n") + "\n\n" + section)
-    if report.exists():
-        write_atomic(folder / "report.html", html_page(report.read_text(), folder, scenario_name))
+        text = (text or "").rstrip("\n") + "\n\n" + section
+        write_atomic(report, text)
+    if text is not None:
+        write_atomic(folder / "report.html", html_page(text, folder, scenario_name))
 
 
 PAGE_STYLE = (

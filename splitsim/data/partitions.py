@@ -26,13 +26,23 @@ def train_partition(
     """Owner ``pid``'s training image ids: a seeded, even (IID) split of the classifier set,
     or the ``partitioner``'s non-IID one of the images with these ``labels``."""
     if partitioner is not None and partitioner.name != "iid":
-        if labels is None or len(labels) != n_train:
-            raise ValueError("a non-IID partition needs the label of every training image")
-        return non_iid(labels, clients, seed, partitioner)[pid]
+        return train_partitions(n_train, clients, seed, labels, partitioner)[pid]
     order = seeds.rng(seed, "split.train_partition").permutation(n_train)
     sizes = partition_sizes(n_train, clients)
     start = sum(sizes[:pid])
     return np.sort(order[start : start + sizes[pid]])
+
+
+def train_partitions(
+    n_train: int, clients: int, seed: int,
+    labels: np.ndarray | None = None, partitioner: Partitioner | None = None,
+) -> list[np.ndarray]:  # fmt: skip
+    """Every owner's ``train_partition``, computed once (a non-IID split is drawn whole)."""
+    if partitioner is None or partitioner.name == "iid":
+        return [train_partition(n_train, clients, pid, seed) for pid in range(clients)]
+    if labels is None or len(labels) != n_train:
+        raise ValueError("a non-IID partition needs the label of every training image")
+    return non_iid(labels, clients, seed, partitioner)
 
 
 def test_partition(n_test: int, users: int, clients: int, pid: int, seed: int) -> np.ndarray:

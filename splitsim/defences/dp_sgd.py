@@ -57,11 +57,6 @@ class DPSGD(Defence):
             max_grad_norm=self.params.max_grad_norm,
         )
 
-    def epsilon(self, sample_rate: float, steps: int) -> float:
-        """Epsilon at ``delta`` after ``steps`` DP-SGD steps at this Poisson sampling rate
-        (the tighter of Opacus's RDP and PRV accountants)."""
-        return self.budget(steps, sample_rate=sample_rate)["epsilon"]
-
     def budget(self, releases: int, **context: Any) -> dict[str, Any]:
         """``releases``: the participant's local steps over the run; ``sample_rate``: its
         Poisson sampling rate (batch size / records)."""

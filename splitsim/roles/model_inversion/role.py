@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
-from splitsim.data.partitions import test_partition, train_partition
+from splitsim.data.partitions import class_histograms, test_partition, train_partitions
 from splitsim.decoding import reconstruct
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
@@ -246,11 +246,9 @@ class ModelInversionServer(Role):
         # Which training tensors of the last epoch the server keeps, by image id.
         rng = self.seeds.rng("inversion.training_targets")
         keep = rng.choice(n_train, size=min(p.training_targets, n_train), replace=False)
-        steps_per_round = sum(
-            math.ceil(len(train_partition(n_train, clients, pid, self.scenario.seed, labels,
-                                          self.scenario.deployment.partitioner)) / t.batch_size)
-            for pid in range(clients)
-        )  # fmt: skip
+        parts = train_partitions(n_train, clients, self.scenario.seed, labels,
+                                 self.scenario.deployment.partitioner)  # fmt: skip
+        steps_per_round = sum(math.ceil(len(part) / t.batch_size) for part in parts)
         outcome = SplitOutcome()
         # A run in Flower's simulation checkpoints every round, and a resumed one goes on from
         # the last; under the deployment engine the owners' own machines would have to keep
@@ -383,14 +381,9 @@ class ModelInversionServer(Role):
     def _owner_class_counts(self) -> dict[str, list[int]]:
         """Each owner's training images per digit (the harness's truth, for the report)."""
         labels = self._dataset().classifier_labels()
-        d, seed = self.scenario.deployment, self.scenario.seed
-        return {
-            str(pid): np.bincount(
-                labels[train_partition(len(labels), d.clients, pid, seed, labels, d.partitioner)],
-                minlength=10,
-            ).tolist()
-            for pid in range(d.clients)
-        }
+        d = self.scenario.deployment
+        parts = train_partitions(len(labels), d.clients, self.scenario.seed, labels, d.partitioner)
+        return {str(pid): row for pid, row in enumerate(class_histograms(labels, parts, 10))}
 
     def _releases(self) -> dict[str, int]:
         """How often one image's intermediate tensor went through the payload defences: a
