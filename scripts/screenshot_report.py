@@ -1,5 +1,5 @@
-"""Open a comparison's ``report.html`` in headless Chromium, with the network off, and save a
-screenshot, to check that the self-contained page renders its heat map and plots.
+"""Open a run's or a comparison's ``report.html`` in headless Chromium, network off, and save
+a screenshot, to check that the self-contained page renders its tables and plots.
 
     python scripts/screenshot_report.py runs/defence_matrix/report.html report.png
 
@@ -21,6 +21,7 @@ FLAGS = [
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
+    "--disable-quic",
     "--no-first-run",
     "--disable-background-networking",
     "--disable-component-update",

@@ -190,6 +190,18 @@ def attack(
     return RunResult.read(attack_recorded(folder, exprs, _console(quiet, console)))
 
 
+def _track_cells(logdir: str, folder: Path, records: dict[str, dict]) -> None:
+    """A cell logs itself when it finishes; cells read back from an earlier comparison (run
+    before tracking was on) are logged here, once."""
+    from splitsim.tracking import log_run, tensorboard_folder
+
+    for record in records.values():
+        if record.get("status") == "ok":
+            run_folder = folder / record["run_folder"]
+            if not tensorboard_folder(logdir, run_folder).exists():
+                log_run(run_folder, logdir)
+
+
 def compare(
     matrix: str | Path,
     set: Overrides = None,  # noqa: A002
@@ -221,6 +233,8 @@ def compare(
     )
     with lock_folder(folder):
         records = run_cells(spec, cells, folder, console)
+        if spec.tracking.tensorboard is not None:
+            _track_cells(spec.tracking.tensorboard, folder, records)
         table = report.write(folder, spec, cells, records)
     console.print(f"matrix: [bold]{folder / 'matrix.csv'}[/bold]; report: {folder / 'report.html'}")
     result = Comparison(folder, table)

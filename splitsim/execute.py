@@ -26,6 +26,7 @@ def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = 
     with open_run(scenario, console, Path(out) if out else None) as run:
         evaluation = role_cls(scenario, run).execute()
         _finish(run, scenario, role_cls, evaluation, started)
+    _track(run.folder, scenario, console)
     console.print(role_cls.report.console_table(evaluation.metrics))
     console.print(f"run folder: [bold]{run.folder}[/bold]")
     return run.folder
@@ -51,6 +52,17 @@ def _finish(
         **(extra or {}),
     }
     reporting.write(run.folder, scenario.name, results, evaluation.plots, role_cls)
+
+
+def _track(folder: Path, scenario: Scenario, console: Console, name: str = "") -> None:
+    """The finished run's scalars to the scenario's trackers (after the run folder is final,
+    so a tracker that fails loses nothing of the run)."""
+    if scenario.tracking.tensorboard is None:
+        return
+    from splitsim.tracking import log_run
+
+    where, count = log_run(folder, scenario.tracking.tensorboard, name)
+    console.print(f"TensorBoard: {count} scalars in {where}")
 
 
 def recorded_scenario(folder: Path, overrides: list[str]) -> Scenario:
@@ -99,6 +111,7 @@ def attack_recorded(folder: str | Path, overrides: list[str], console: Console) 
     with open_run(scenario, console, root=folder / "attacks") as run:
         evaluation = role_cls(scenario, run).reattack(received)
         _finish(run, scenario, role_cls, evaluation, started, {"attack_of": str(folder)})
+    _track(run.folder, scenario, console, name=f"{folder.name}-attack-{run.folder.name}")
     console.print(role_cls.report.console_table(evaluation.metrics))
     console.print(f"attack folder: [bold]{run.folder}[/bold]")
     return run.folder

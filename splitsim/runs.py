@@ -158,7 +158,10 @@ LOCK = ".lock"
 
 def run_key(scenario: Scenario) -> str:
     """What a run computes: its resolved scenario and the code that computes it."""
-    text = json.dumps(scenario.resolved(), sort_keys=True) + code_digest()
+    # where its scalars are tracked does not change what a run computes: adding a tracker
+    # to an interrupted run or a finished comparison redoes nothing
+    resolved = {k: v for k, v in scenario.resolved().items() if k != "tracking"}
+    text = json.dumps(resolved, sort_keys=True) + code_digest()
     return hashlib.sha256(text.encode()).hexdigest()
 
 

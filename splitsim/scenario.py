@@ -244,6 +244,19 @@ def name_from_file(source: str) -> str:
     return stem or "scenario"
 
 
+class Tracking(Strict):
+    tensorboard: str | None = Field(
+        None,
+        description="a folder: the finished run's scalars go to <folder>/<name>/<run> for "
+        "TensorBoard (optional extra: pip install -e '.[tracking]')",
+    )
+
+    @field_validator("tensorboard")
+    @classmethod
+    def _folder(cls, path: str | None) -> str | None:
+        return None if path is None else folder_path(path)
+
+
 class Scenario(Strict):
     name: str = ""
     description: str = ""
@@ -256,6 +269,7 @@ class Scenario(Strict):
     deployment: Deployment = Deployment()
     defences: list[Plugin] = []
     engine: Engine = Engine()
+    tracking: Tracking = Tracking()
     output_dir: str = "runs"
 
     @field_validator("name")
@@ -513,9 +527,19 @@ def validate(data: Any, source: str) -> Scenario:
             "engine.num_cpus",
             f"a client actor cannot have more CPUs than engine.ray_cpus ({engine.ray_cpus})",
         )
+    if scenario.tracking.tensorboard is not None:
+        _check_tracking(scenario.tracking.tensorboard, source)
     role.check_declared(scenario, source)
     role.check(scenario, source)
     return scenario
+
+
+def _check_tracking(folder: str, source: str) -> None:
+    from splitsim.tracking import tensorboard_missing
+
+    problem = tensorboard_missing() or folder_problem(folder)
+    if problem:
+        raise ScenarioError(source, "tracking.tensorboard", problem)
 
 
 MAX_FILE_BYTES = 1024 * 1024

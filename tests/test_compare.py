@@ -7,6 +7,7 @@ rows as an uninterrupted comparison."""
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import subprocess
 import sys
@@ -79,7 +80,8 @@ def without_wall_time(rows: list[dict]) -> list[dict]:
 @pytest.fixture(scope="module")
 def matrix(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
-    path = write_matrix(tmp / "matrix.yaml", [HIDDEN, INVERSION])
+    tracking = {"tensorboard": str(tmp / "tb")}
+    path = write_matrix(tmp / "matrix.yaml", [HIDDEN, INVERSION], tracking=tracking)
     out = tmp / "out"
     assert main(["compare", str(path), "--out", str(out)]) == 0
     return out
@@ -131,6 +133,23 @@ def test_defence_scores_and_leakage(matrix):
     assert float(hidden_noisy["leakage"]) < float(hidden["leakage"])
     # the paper's Laplace noise has no clipping bound, so no finite epsilon; none has none
     assert noisy["epsilon"] == hidden_noisy["epsilon"] == "inf" and baseline["epsilon"] == ""
+
+
+@pytest.mark.slow
+def test_every_computed_cell_is_a_tensorboard_run(matrix):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tracked = {p.parent.name: p for p in (matrix.parent / "tb").glob("*/*")}
+    computed = {r["cell"] for r in read_csv(matrix / "matrix.csv") if r["status"] == "ok"}
+    assert len(computed) >= 4
+    for ident in computed:
+        record = json.loads((matrix / "cells" / f"{ident}.json").read_text())
+        run = matrix / record["run_folder"]
+        events = EventAccumulator(str(tracked.pop(run.parent.name)))
+        events.Reload()
+        total = json.loads((run / "results.json").read_text())["timing_s"]["total"]
+        assert events.Scalars("timing_s/total")[0].value == pytest.approx(total)
+    assert not tracked  # one TensorBoard run per computed cell, none of other cells
 
 
 @pytest.mark.slow

@@ -25,6 +25,7 @@ from splitsim.registry import DEFENCES, ROLES
 from splitsim.runs import code_digest
 from splitsim.scenario import (
     Plugin,
+    Tracking,
     _pydantic_error,
     apply_override,
     check_values,
@@ -75,6 +76,7 @@ class Matrix(Strict):
     workers: int | None = Field(None, ge=1, description="cells at once; default CPUs // cpus")
     ray_address: str | None = Field(None, description="an existing Ray cluster, or auto")
     beta: float = Field(0.5, ge=0, le=1, description="defence score: weight of leakage")
+    tracking: Tracking = Tracking()
     output_dir: str = "runs"
 
 
@@ -125,7 +127,11 @@ def _without_nulls(value: Any) -> Any:
 def cell_id(scenario: dict) -> str:
     """Content hash of what the cell computes (its name and output folder excluded), and of
     the code that computes it."""
-    body = {k: v for k, v in scenario.items() if k not in ("name", "description", "output_dir")}
+    body = {
+        k: v
+        for k, v in scenario.items()
+        if k not in ("name", "description", "output_dir", "tracking")
+    }
     body["splitsim code"] = code_digest()
     text = json.dumps(_without_nulls(body), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
@@ -206,6 +212,10 @@ def expand(matrix: Matrix, matrix_path: str | Path) -> list[Cell]:
                     # The cell's own simulation stays inside the CPUs its Ray task holds.
                     data.setdefault("engine", {})["ray_cpus"] = matrix.cpus_per_cell
                     data["name"] = _slug(f"{role_name}-{defence.label}-{attacker}-s{seed}")
+                    if matrix.tracking.tensorboard is not None:
+                        # absolute: a cell runs in a Ray worker, whose folder may differ
+                        where = str(Path(matrix.tracking.tensorboard).absolute())
+                        data["tracking"] = {"tensorboard": where}
                     reason = None
                     resolved = None
                     try:

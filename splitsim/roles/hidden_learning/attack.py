@@ -285,6 +285,12 @@ def regime_metrics(models: SupplierModels, test: ScoreData, secrets: list[str]) 
         },
         "secrets": {},
         "best_epoch": {"to_and_ts": models.hidden.best_epoch, "to": models.honest.best_epoch},
+        # validation accuracy per epoch, for tracking (TensorBoard) and a reader's own curves
+        "history": {
+            "to_and_ts": models.hidden.history,
+            "to": models.honest.history,
+            **{f"ts_only_{name}": models.secret_only[name].history for name in secrets},
+        },
     }
     for name in secrets:
         y = test.secrets[name]
