@@ -59,6 +59,22 @@ def wire_section(wire: dict) -> str:
     )
 
 
+def class_counts_section(
+    counts: dict[str, list[int]], partitioner: dict | None, what: str, classes: list[str]
+) -> str:
+    """The owners' training examples per class under the partitioner, as a markdown table;
+    ``what`` names the examples and the owners (``"owners' training images per digit"``)."""
+    part = partitioner or {"name": "iid"}
+    shown = {"dirichlet": ("alpha", "min_size"), "shards": ("shards_per_owner",)}
+    how = ", ".join(f"{k} {part[k]}" for k in shown.get(part["name"], ()))
+    label = part["name"] + (f": {how}" if how else "")
+    header = "| owner | " + " | ".join(classes) + " | total |"
+    lines = [f"## The {what} ({label})", "", header, "|---" * (len(classes) + 2) + "|"]
+    for owner, row in counts.items():
+        lines.append(f"| {owner} | " + " | ".join(str(n) for n in row) + f" | {sum(row)} |")
+    return "\n".join(lines) + "\n\n"
+
+
 def write(folder: Path, scenario_name: str, results: dict, plots: dict, role: Any) -> None:
     write_json(folder / "results.json", results)
     buffer = io.StringIO()

@@ -319,3 +319,48 @@ def test_records_per_round_that_the_shares_cannot_hold_is_refused(tmp_path, caps
         _draw_every_round(scenario, most + 1)
     with pytest.raises(ScenarioError, match=f"at most {most} "):
         load_scenario(SCENARIO, [*NARROW, f"role.records_per_round={most + 1}"])
+
+
+DIRICHLET = ["deployment.partitioner={name: dirichlet, alpha: 0.3, min_size: 200}"]
+
+
+def test_non_iid_shares_split_the_rest_by_class_and_the_bound_stays_exact():
+    from splitsim.data import fetch
+    from splitsim.roles.property_inference.protocol import most_records_per_round
+
+    scenario = load_scenario(SCENARIO, [*SMALL, "deployment.clients=4", *DIRICHLET])
+    people = Participants(scenario)
+    iid = Participants(load_scenario(SCENARIO, [*SMALL, "deployment.clients=4"]))
+    parts = people.partitions
+    joined = np.concatenate(parts)
+    assert len(joined) == len(np.unique(joined)) == len(np.concatenate(iid.partitions))
+    assert not np.isin(joined, people.aux).any()  # the adversary's records stay its own
+
+    # Dirichlet(0.3): each share is dominated by few classes; the IID shares are not
+    def top_share(p: Participants) -> float:
+        return max(np.bincount(p.classes[part]).max() / len(part) for part in p.partitions)
+
+    assert top_share(people) > 0.4 > 0.15 > top_share(iid)
+    assert all(
+        (a == b).all() for a, b in zip(parts, Participants(scenario).partitions, strict=True)
+    )
+    labels = fetch.read_labels(scenario.dataset.params.root, "fashion_mnist")
+    most = most_records_per_round(labels, scenario)
+    assert 0 < most <= most_records_per_round(labels, iid.scenario)
+    _draw_every_round(scenario, most)
+    with pytest.raises(ValueError, match="larger sample than population"):
+        _draw_every_round(scenario, most + 1)
+
+
+@pytest.mark.slow
+def test_a_dirichlet_run_reports_each_participants_classes(tmp_path):
+    folder = run(tmp_path / "runs", *DIRICHLET, "role.records_per_round=64")
+    m = metrics(folder)["participants"]
+    assert m["partitioner"]["name"] == "dirichlet" and m["partitioner"]["alpha"] == 0.3
+    assert len(m["classes"]) == 10 and set(m["class_counts"]) == {"0", "1"}
+    people = Participants(
+        load_scenario(SCENARIO, [*SMALL, *DIRICHLET, "role.records_per_round=64"])
+    )
+    assert [sum(row) for row in m["class_counts"].values()] == [len(p) for p in people.partitions]
+    text = (folder / "report.md").read_text()
+    assert "## The honest participants' training records per class (dirichlet: alpha 0.3" in text

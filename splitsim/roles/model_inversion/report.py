@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from splitsim.reporting import pct, pyplot, wire_section
+from splitsim.reporting import class_counts_section, pct, pyplot, wire_section
 from splitsim.runs import write_atomic
 
 
@@ -133,16 +133,9 @@ def markdown(scenario_name: str, results: dict) -> str:
     w(f"{d['mean']:.3f} ± {d['se']:.3f} |\n\n")
     counts = tr.get("owner_class_counts")
     if counts:
-        part = tr.get("partitioner") or {"name": "iid"}
-        shown = {"dirichlet": ("alpha", "min_size"), "shards": ("shards_per_owner",)}
-        how = ", ".join(f"{k} {part[k]}" for k in shown.get(part["name"], ()))
-        label = part["name"] + (f": {how}" if how else "")
-        w(f"## The owners' training images per digit ({label})\n\n")
-        w("| owner | " + " | ".join(str(c) for c in range(10)) + " | total |\n")
-        w("|---" * 12 + "|\n")
-        for owner, row in counts.items():
-            w(f"| {owner} | " + " | ".join(str(n) for n in row) + f" | {sum(row)} |\n")
-        w("\n")
+        digits = [str(c) for c in range(10)]
+        what = "owners' training images per digit"
+        w(class_counts_section(counts, tr.get("partitioner"), what, digits))
     w("## The attack\n\n")
     w(f"The server got the data owners' segment by **{a['access']}** access and trained its ")
     w(f"decoder on {a['aux_size']} **{a['aux_data']}** images")

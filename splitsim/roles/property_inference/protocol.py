@@ -30,6 +30,7 @@ import torch
 
 from splitsim import seeds
 from splitsim.data.images import FashionMNIST, _load
+from splitsim.data.partitions import non_iid
 from splitsim.data.score_data import partition_sizes
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
@@ -38,7 +39,7 @@ from splitsim.engine.local_training import flat_parameters, load_flat, train_loc
 from splitsim.engine.resources import client_device
 from splitsim.registry import MODELS
 from splitsim.roles.property_inference import attack
-from splitsim.scenario import Scenario
+from splitsim.scenario import Partitioner, Scenario
 
 
 def alphas(scenario: Scenario) -> list[float]:
@@ -53,10 +54,28 @@ def split(records: int, seed: int, aux_size: int) -> tuple[np.ndarray, np.ndarra
     return np.sort(order[:aux_size]), order[aux_size:]
 
 
-def shares(rest: np.ndarray, clients: int) -> list[np.ndarray]:
-    """Each honest participant's records, out of what the adversary does not hold."""
+def shares(
+    rest: np.ndarray, clients: int, classes: np.ndarray | None = None,
+    partitioner: Partitioner | None = None, seed: int = 0,
+) -> list[np.ndarray]:  # fmt: skip
+    """Each honest participant's records, out of what the adversary does not hold: an even
+    IID split, or the ``partitioner``'s non-IID one by the records' dataset ``classes``."""
+    if partitioner is not None and partitioner.name != "iid":
+        if classes is None:
+            raise ValueError("a non-IID split needs every record's class")
+        parts = non_iid(classes[rest], clients, seed, partitioner)
+        return [np.sort(rest[part]) for part in parts]
     bounds = np.cumsum([0, *partition_sizes(len(rest), clients)])
     return [np.sort(rest[bounds[i] : bounds[i + 1]]) for i in range(clients)]
+
+
+def scenario_shares(classes: np.ndarray, scenario: Scenario) -> list[np.ndarray]:
+    """The honest participants' shares of the task's records (dataset ``classes``, one per
+    record) under the scenario's seed and partitioner."""
+    aux_size = scenario.role.params.aux_size
+    _, rest = split(len(classes), scenario.seed, aux_size)
+    d = scenario.deployment
+    return shares(rest, d.clients, classes, d.partitioner, scenario.seed)
 
 
 def schedule(seed: int, rounds: int) -> np.ndarray:
@@ -77,9 +96,10 @@ def most_records_per_round(labels: np.ndarray, scenario: Scenario) -> int:
     pairs and own round from its records. ``labels``: the dataset's training labels."""
     p = scenario.role.params
     task = attack.PropertyTask(tuple(tuple(g) for g in p.task_groups), tuple(p.property_classes))
-    prop = task.prop(labels[np.isin(labels, task.classes)])
-    aux, rest = split(len(prop), scenario.seed, p.aux_size)
-    parts = shares(rest, scenario.deployment.clients)
+    classes = labels[np.isin(labels, task.classes)]
+    prop = task.prop(classes)
+    aux, _ = split(len(prop), scenario.seed, p.aux_size)
+    parts = scenario_shares(classes, scenario)
     rounds = schedule(scenario.seed, p.rounds)[1:]
     with_prop, without = bool(rounds.any()), not bool(rounds.all())
 
@@ -189,7 +209,8 @@ class Participants(Population):
 
     def __init__(self, scenario: Scenario) -> None:
         super().__init__(scenario)
-        self.partitions = shares(self._rest, self.clients)
+        self.classes = self._labels(train=True)[self._keep]  # dataset classes, for non-IID
+        self.partitions = scenario_shares(self.classes, scenario)
         self.schedule = schedule(scenario.seed, self.p.rounds)
 
     def round_records(self, pid: int, rnd: int) -> np.ndarray:

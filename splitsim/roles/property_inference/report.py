@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from splitsim.reporting import pct, pyplot, save_figure, wire_section
+from splitsim.reporting import class_counts_section, pct, pyplot, save_figure, wire_section
 from splitsim.runs import write_atomic
 
 
@@ -80,6 +80,11 @@ def markdown(scenario_name: str, results: dict) -> str:
         lines += [f"DP-SGD: each honest participant's epsilon over the run is {eps:.2f}.", ""]
     if m["failures"]:
         lines += [f"{len(m['failures'])} failed participant calls (see results.json).", ""]
+    counts = m["participants"].get("class_counts")
+    if counts:
+        what = "honest participants' training records per class"
+        names = m["participants"]["classes"]
+        lines.append(class_counts_section(counts, m["participants"]["partitioner"], what, names))
     lines += [
         "AUC chance level 0.5; task accuracy chance "
         f"{pct(m['chance'])}. Feature probe AUC: a linear probe of the property on the final "

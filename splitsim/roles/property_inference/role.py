@@ -159,6 +159,7 @@ class PropertyInferenceParticipant(Role):
             return self
 
     stages = ("update", "training")
+    partitioners = ("iid", "dirichlet", "shards")  # the honest participants' shares
     fault_tolerant = True  # engine.faults / on_client_failure: FedAvg aggregates who answered
     gpu_clients = True  # engine.client_device: local training on the actor's GPU share
 
@@ -254,7 +255,10 @@ class PropertyInferenceParticipant(Role):
             return
         except (OSError, ValueError) as err:
             raise ScenarioError(source, "dataset.root", str(err)) from None
-        most = most_records_per_round(labels, scenario)
+        try:
+            most = most_records_per_round(labels, scenario)
+        except ValueError as err:  # a Dirichlet draw that cannot give every share min_size
+            raise ScenarioError(source, "deployment.partitioner", str(err)) from None
         p, clients = scenario.role.params, scenario.deployment.clients
         if most < RECORDS_MIN:
             raise ScenarioError(
@@ -268,8 +272,8 @@ class PropertyInferenceParticipant(Role):
                 source,
                 "role.records_per_round",
                 f"at most {most} for these task_groups, property_classes, target_fraction, "
-                f"aux_size and {clients} participants: a round draws it without replacement "
-                "from every share, with and without the property",
+                f"aux_size, partitioner and {clients} participants: a round draws it without "
+                "replacement from every share, with and without the property",
             )
 
     # -- 1. deploy: one federated training per alpha -----------------------------------
@@ -423,7 +427,7 @@ class PropertyInferenceParticipant(Role):
                 "property_rounds": int(truth.schedule[1:].sum()),
                 "rounds": p.rounds,
             },
-            "participants": {"honest": self.scenario.deployment.clients, "adversarial": 1},
+            "participants": self._participants(),
             "defences": {
                 "epsilon": privacy_dp[0]["epsilon"] if privacy_dp else None,
                 "adaptive": p.adaptive,
@@ -435,6 +439,16 @@ class PropertyInferenceParticipant(Role):
         plots = {"projections": projections, "property": truth.p_test[pick],
                  "attackers": attackers}  # fmt: skip
         return Evaluation(metrics, plots)
+
+    def _participants(self) -> dict:
+        """Who took part, and each honest participant's records per dataset class under the
+        partitioner (the harness's truth, for the report)."""
+        d, truth = self.scenario.deployment, participants(self.scenario)
+        used = sorted({c for g in self.params.task_groups for c in g})
+        counts = {str(pid): [int((truth.classes[part] == c).sum()) for c in used]
+                  for pid, part in enumerate(truth.partitions)}  # fmt: skip
+        return {"honest": d.clients, "adversarial": 1, "partitioner": d.partitioner.model_dump(),
+                "classes": [FASHION_CLASSES[c] for c in used], "class_counts": counts}  # fmt: skip
 
     def _update_size(self) -> int:
         """The number of values in one uploaded update (``local_training.flat_parameters``)."""
