@@ -43,6 +43,7 @@ def test_the_page_inlines_the_run_folders_pictures_and_nothing_else(tmp_path):
     assert "http" not in page and "<script" not in page and "&lt;script&gt;" in page
 
 
+@pytest.mark.slow
 def test_a_runs_page_renders_in_headless_chromium(tmp_path):
     # Debian's chromium (.ci/run installs it); elsewhere the test says what it needs
     if shutil.which("chromium") is None and not os.environ.get("CI"):

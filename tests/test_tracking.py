@@ -44,6 +44,7 @@ def test_series_are_stepped_and_everything_else_is_final():
     ])  # fmt: skip
 
 
+@pytest.mark.slow
 def test_a_run_logs_its_curves_wire_and_figures_to_tensorboard(tmp_path):
     logdir = tmp_path / "tb"
     result = splitsim.run(
