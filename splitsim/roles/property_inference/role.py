@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from splitsim.data import fetch
 from splitsim.data.images import FASHION_CLASSES, FashionMNIST, _load
+from splitsim.data.partitions import class_histograms
 from splitsim.engine import federated
 from splitsim.errors import ScenarioError
 from splitsim.roles.base import (
@@ -445,8 +446,8 @@ class PropertyInferenceParticipant(Role):
         partitioner (the harness's truth, for the report)."""
         d, truth = self.scenario.deployment, participants(self.scenario)
         used = sorted({c for g in self.params.task_groups for c in g})
-        counts = {str(pid): [int((truth.classes[part] == c).sum()) for c in used]
-                  for pid, part in enumerate(truth.partitions)}  # fmt: skip
+        rows = class_histograms(truth.classes, truth.partitions, len(FASHION_CLASSES))
+        counts = {str(pid): [row[c] for c in used] for pid, row in enumerate(rows)}
         return {"honest": d.clients, "adversarial": 1, "partitioner": d.partitioner.model_dump(),
                 "classes": [FASHION_CLASSES[c] for c in used], "class_counts": counts}  # fmt: skip
 
