@@ -48,6 +48,17 @@ def pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 
 
+def defences_text(results: dict) -> str:
+    """The run's defences in one line, ``name(param=value, ...)``, or ``none``."""
+    specs = results["defences"]
+    if not specs:
+        return "none"
+    return ", ".join(
+        spec["name"] + "(" + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name") + ")"
+        for spec in specs
+    )
+
+
 def wire_section(wire: dict) -> str:
     """report.md's last section, the same for every role: what crossed the trust boundary."""
     return (

@@ -97,6 +97,11 @@ class Deployment(Strict):
     )
     users: int = Field(2000, ge=1, le=100_000_000, description="data owners across all clients")
     partitioner: Partitioner = Partitioner()
+    labels: Literal["server", "owner"] = Field(
+        "server",
+        description="split learning: who holds the task labels; server: keyed by sample id "
+        "(papers/003); owner: sent with each batch (vanilla SplitNN)",
+    )
 
 
 class Fault(Strict):

@@ -36,6 +36,10 @@ PURPOSES: dict[str, int] = {
     "split.server_init": 64,
     "split.test_partition": 65,
     "split.non_iid_partition": 66,
+    "split.gradient_noise": 67,
+    # label inference by a curious data owner (Li et al., ICLR 2022)
+    "labels.observed": 110,
+    "labels.anchors": 111,
     "inversion.training_targets": 70,
     "inversion.attack": 71,
     "inversion.noise_sweep": 72,

@@ -50,13 +50,14 @@ CASES = {
     "wrong_type": (variant(seed="abc"), "seed: Input should be a valid integer"),
     "unknown_role": (
         variant(role={"name": "model_thief"}),
-        "role.name: unknown role 'model_thief'; allowed: hidden_learning, model_inversion",
+        "role.name: unknown role 'model_thief'; "
+        "allowed: hidden_learning, label_inference, model_inversion",
     ),
     "unknown_defence": (
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
         "defences.0.name: unknown defence 'lapalce'; "
-        "allowed: dp_sgd, input_noise, laplace, nopeek, query_budget, randomised_response, "
-        "rounding, update_noise, weight_noise",
+        "allowed: dp_sgd, gradient_noise, input_noise, laplace, marvell, nopeek, query_budget, "
+        "randomised_response, rounding, update_noise, weight_noise",
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),

@@ -19,9 +19,9 @@ import yaml
 
 from splitsim.cli import main
 from splitsim.engine.node_state import NodeState
+from splitsim.engine.split_training import fedavg, train_partition
 from splitsim.engine.wire import read
 from splitsim.metrics import distance_correlation, distance_correlation_batches
-from splitsim.roles.model_inversion.protocol import fedavg, train_partition
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "mnist_inversion.yaml"

@@ -2,8 +2,10 @@
 
 from splitsim.defences import (  # noqa: F401
     dp_sgd,
+    gradient_noise,
     input_noise,
     laplace,
+    marvell,
     nopeek,
     query_budget,
     randomised_response,

@@ -6,7 +6,9 @@ training loss, e.g. NoPeek); for a data owner answering probes (papers/004): ``i
 secret input, before each query is evaluated), ``answer`` (the label-change bit it returns) and
 ``budget`` (how many queries it answers); for a participant of federated training (papers/002):
 ``update`` (the model update it uploads) and ``training`` (how it runs its local optimiser, e.g.
-DP-SGD). A role declares which stages it has; a defence
+DP-SGD); for the label holder of split learning (Li et al., ICLR 2022): ``gradient`` (the
+gradient it returns to a data owner, perturbed knowing the batch's labels; the one stage a
+server applies). A role declares which stages it has; a defence
 whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
 """
 
@@ -17,7 +19,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-Stage = Literal["payload", "weights", "loss", "input", "answer", "budget", "update", "training"]
+Stage = Literal[
+    "payload", "weights", "loss", "input", "answer", "budget", "update", "training", "gradient"
+]
 
 
 class DefenceParams(BaseModel):
@@ -42,6 +46,21 @@ class Defence:
     def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Return the defended copy of ``values`` (a payload, or one weight tensor)."""
         raise NotImplementedError
+
+
+class GradientDefence(Defence):
+    """A ``gradient`` defence: the label holder perturbs the batch's gradient knowing its
+    labels, and keeps a summary of what it did for the run's results."""
+
+    stage: ClassVar[Stage] = "gradient"
+
+    def protect(self, g: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """The perturbed copy of ``g`` (one row per example) for labels ``y``."""
+        raise NotImplementedError
+
+    def summary(self) -> dict[str, Any]:
+        """JSON data on the batches it perturbed (noise power, bounds it guarantees)."""
+        return {}
 
 
 def apply_stage(

@@ -171,6 +171,8 @@ class Role(ABC):
     uses_tasks: ClassVar[bool] = False
     #: the ``deployment.partitioner`` names it splits the owners' data by
     partitioners: ClassVar[tuple[str, ...]] = ("iid",)
+    #: the ``deployment.labels`` holdings it runs under (split learning: who holds the labels)
+    label_holders: ClassVar[tuple[str, ...]] = ("server",)
     #: its Received subclass, read back by ``python -m splitsim attack``
     received_type: ClassVar[type[Received]]
     #: role fields that only the attack and evaluation read: what a re-attack may change
@@ -219,6 +221,13 @@ class Role(ABC):
                 source, "deployment.partitioner.name",
                 f"role {name} splits its owners' data {' or '.join(cls.partitioners)} only "
                 f"(got {chosen!r})",
+            )  # fmt: skip
+        holder = scenario.deployment.labels
+        if holder not in cls.label_holders:
+            raise ScenarioError(
+                source, "deployment.labels",
+                f"role {name} runs with the labels held by the {' or '.join(cls.label_holders)} "
+                f"only (got {holder!r})",
             )  # fmt: skip
 
     @classmethod

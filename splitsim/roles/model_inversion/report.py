@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from rich.table import Table
 
-from splitsim.reporting import class_counts_section, pct, pyplot, wire_section
+from splitsim.reporting import class_counts_section, defences_text, pct, pyplot, wire_section
 from splitsim.runs import write_atomic
 
 
@@ -86,16 +86,6 @@ def plot_noise_sweep(sweep: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _defences(results: dict) -> str:
-    specs = results["defences"]
-    if not specs:
-        return "none"
-    return ", ".join(
-        spec["name"] + "(" + ", ".join(f"{k}={v}" for k, v in spec.items() if k != "name") + ")"
-        for spec in specs
-    )
-
-
 def console_table(metrics: dict) -> Table:
     table = Table(title="model inversion: headline numbers")
     table.add_column("quantity")
@@ -123,7 +113,7 @@ def markdown(scenario_name: str, results: dict) -> str:
     w(f"# {scenario_name}: model inversion of a split network\n\n")
     w(f"Seed {results['seed']}; {tr['data_owners']} data owners, {tr['schedule']} schedule, ")
     w(f"{len(u['history'])} rounds, {tr['round_trips']} Flower round trips; ")
-    w(f"defences: {_defences(results)}.\n\n")
+    w(f"defences: {defences_text(results)}.\n\n")
     w("## Utility and distance correlation (papers/003, Table 1)\n\n")
     w("| quantity | value |\n|---|---|\n")
     w(f"| task accuracy, as deployed ({u['test_images']} test images) | {pct(u['accuracy'])} |\n")
@@ -170,7 +160,7 @@ def markdown(scenario_name: str, results: dict) -> str:
 
 
 def write(folder: Path, scenario_name: str, results: dict, plots: dict) -> None:
-    title = f"{scenario_name}: originals and reconstructions, defences: {_defences(results)}"
+    title = f"{scenario_name}: originals and reconstructions, defences: {defences_text(results)}"
     plot_reconstructions(plots, folder / "reconstructions.png", title)
     plot_training(results["metrics"], folder / "training.png")
     if results["metrics"].get("noise_sweep"):

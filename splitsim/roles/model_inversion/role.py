@@ -144,6 +144,7 @@ class ModelInversionServer(Role):
     report = report
     datasets = ("mnist",)
     partitioners = ("iid", "dirichlet", "shards")
+    label_holders = ("server", "owner")
     fault_tolerant = True  # engine.faults / on_client_failure: an owner given up on leaves training
     received_type = InversionReceived
     adaptive_override = "role.adaptive=true"
