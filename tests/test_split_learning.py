@@ -1,7 +1,8 @@
 """Split learning on real MNIST through the real Flower simulation, small enough for CI.
 
 Four runs share one module: the same seed twice (determinism), Laplace b = 1 with NoPeek, and
-the sequential schedule with a server that attacks alone using a Fashion-MNIST prior.
+the sequential schedule with a server that attacks alone using a Fashion-MNIST prior and the
+labels held by the data owners (sent with each batch).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def runs(tmp_path_factory):
             "deployment.clients=3",
             "role.access=stolen",
             "role.aux_data=fashion_mnist",
+            "deployment.labels=owner",  # vanilla SplitNN: the owners send their labels
         ),
     }
 
@@ -122,6 +124,14 @@ def test_only_declared_records_leave_the_owners(runs):
         for rec in line["records"]
     }
     assert "aux" not in alone  # the server attacking alone got no images from anyone
+    with_labels = {
+        f"{rec['name']}.{key}"
+        for line in read(runs["sequential"] / "wire.jsonl")
+        if line["sender"] != "server"
+        for rec in line["records"]
+        for key in rec["entries"]
+    }
+    assert "intermediate.y" in with_labels  # deployment.labels: owner, and only then
 
 
 @pytest.mark.slow
