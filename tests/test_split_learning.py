@@ -95,15 +95,20 @@ def test_run_folder_has_report_pictures_and_wire(runs):
     assert 0 < len(received["training_ids"]) <= 200
 
 
-@pytest.mark.slow
-def test_only_declared_records_leave_the_owners(runs):
-    sent = {
-        f"{rec['name']}.{key.split('.')[0]}"
-        for line in read(runs["plain"] / "wire.jsonl")
+def owner_entries(folder: Path) -> set[tuple[str, str]]:
+    """``(record, entry)`` of everything the data owners sent, from the wire log."""
+    return {
+        (rec["name"], key)
+        for line in read(folder / "wire.jsonl")
         if line["sender"] != "server"
         for rec in line["records"]
         for key in rec["entries"]
     }
+
+
+@pytest.mark.slow
+def test_only_declared_records_leave_the_owners(runs):
+    sent = {f"{name}.{key.split('.')[0]}" for name, key in owner_entries(runs["plain"])}
     # intermediate tensors and the ids the server's labels are keyed by; weights for FedAvg;
     # what the colluding owner hands over; no labels, no raw images otherwise.
     assert sent == {
@@ -117,21 +122,9 @@ def test_only_declared_records_leave_the_owners(runs):
         "aux.x",
         "aux.x_val",
     }
-    alone = {
-        rec["name"]
-        for line in read(runs["sequential"] / "wire.jsonl")
-        if line["sender"] != "server"
-        for rec in line["records"]
-    }
-    assert "aux" not in alone  # the server attacking alone got no images from anyone
-    with_labels = {
-        f"{rec['name']}.{key}"
-        for line in read(runs["sequential"] / "wire.jsonl")
-        if line["sender"] != "server"
-        for rec in line["records"]
-        for key in rec["entries"]
-    }
-    assert "intermediate.y" in with_labels  # deployment.labels: owner, and only then
+    alone = owner_entries(runs["sequential"])
+    assert "aux" not in {name for name, _ in alone}  # the server alone got no images from anyone
+    assert ("intermediate", "y") in alone  # deployment.labels: owner, and only then
 
 
 @pytest.mark.slow

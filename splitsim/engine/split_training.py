@@ -402,15 +402,20 @@ def server_app(
             pid = identity.owner(reply, meta["partition"])
             node_of[pid] = node
             outcome.train_samples[pid] = int(meta["train_samples"])
-        # Under labels: server it holds the labels of the owners' training images, keyed by
-        # image id (papers/003); it never loads the images themselves.
-        dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
-        labels = task_labels(setting, dataset.classifier_labels())
         # The server's segment trains where engine.device says (CUDA when present under
         # auto); the owners' segments stay on their CPUs, like the phones and hospital
         # machines they stand for.
         device = torch.device(resolve_device(scenario.engine))
-        labels_t = torch.from_numpy(labels).to(device)
+        labels_t = None
+        if setting.labels == "server":
+            # It holds the labels of the owners' training images, keyed by image id
+            # (papers/003); it never loads the images themselves. Under labels: owner it
+            # holds none: each batch brings its own.
+            dataset = DATASETS.get(scenario.dataset.name)(
+                scenario.dataset.params, scenario.seed, None
+            )
+            labels = task_labels(setting, dataset.classifier_labels())
+            labels_t = torch.from_numpy(labels).to(device)
 
         torch.manual_seed(seeds.int_seed(scenario.seed, "split.server_init"))
         client_init, server = split_parts(scenario, setting.classes)
@@ -473,7 +478,7 @@ def server_app(
                             continue
                         sent = record_to_arrays(content["intermediate"])
                         z = torch.from_numpy(sent["z"]).to(device).requires_grad_(True)
-                        if setting.labels == "owner":
+                        if labels_t is None:
                             y = torch.from_numpy(sent["y"]).to(device)
                         else:
                             y = labels_t[torch.from_numpy(sent["ids"]).to(device)]

@@ -105,7 +105,8 @@ def infer(
     filled = np.where(np.isnan(cos), -np.inf, cos)
     predicted = filled.argmax(axis=1)
     direction = cos[:, 1] if classes == 2 else filled.max(axis=1)
-    return Scores(_oriented_norm(g, rounds, ids, label_of), direction, predicted, {})
+    norm = _oriented(np.linalg.norm(g, axis=1), rounds, ids, label_of)
+    return Scores(norm, direction, predicted, {})
 
 
 def _adaptive(
@@ -126,10 +127,6 @@ def _adaptive(
                           for c in range(classes)])  # fmt: skip
         if classes == 2:
             direction[in_round] = x @ (means[1] - means[0])
-            here = norm[in_round]
-            if (labels == 0).any() and (labels == 1).any():
-                longer = here[labels == 1].mean() >= here[labels == 0].mean()
-                norm[in_round] = here if longer else -here
         else:
             cos = _unit(x) @ _unit(means).T
             cos[:, ~(np.linalg.norm(means, axis=1) > 0)] = -np.inf
@@ -137,15 +134,16 @@ def _adaptive(
             direction[in_round] = cos.max(axis=1)
     if classes == 2:
         predicted = (direction > 0).astype(np.int64)
+        norm = _oriented(norm, rounds, ids, label_of)
     return Scores(norm, direction, predicted, kept)
 
 
-def _oriented_norm(
-    g: np.ndarray, rounds: np.ndarray, ids: np.ndarray, label_of: dict[int, int]
+def _oriented(
+    norm: np.ndarray, rounds: np.ndarray, ids: np.ndarray, label_of: dict[int, int]
 ) -> np.ndarray:
-    """``||g_i||``, negated in an epoch where the known examples of class 1 have the shorter
-    gradients on average (binary: class 1 scores high)."""
-    norm = np.linalg.norm(g, axis=1)
+    """The norm scores, negated in an epoch where the known examples of class 1 have the
+    shorter gradients on average (binary: class 1 scores high)."""
+    norm = norm.copy()
     for r in np.unique(rounds):
         in_round = rounds == r
         known_here = [i for i in np.flatnonzero(in_round) if int(ids[i]) in label_of]

@@ -68,15 +68,16 @@ def server_app(scenario: Scenario, *args: Any, **kwargs: Any) -> ServerApp:
 # -- the curious owner's device -----------------------------------------------------------
 
 
-_OWN: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+_KNOWN: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
-def _own(scenario: Scenario, pid: int) -> tuple[np.ndarray, np.ndarray]:
-    """The owner's training image ids and the ids whose task label it knows (its own labelling
-    of ``role.known_labels`` examples per class, its declared knowledge); kept per process."""
+def known(scenario: Scenario, pid: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, task labels)`` of the examples the curious owner labelled itself: its own
+    labelling of ``role.known_labels`` of its images per class, its declared knowledge; kept
+    per process."""
     key = (scenario.model_dump_json(), pid)
-    if key in _OWN:
-        return _OWN[key]
+    if key in _KNOWN:
+        return _KNOWN[key]
     dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
     _, digits = dataset.classifier_train()
     d = scenario.deployment
@@ -88,16 +89,18 @@ def _own(scenario: Scenario, pid: int) -> tuple[np.ndarray, np.ndarray]:
         ids = mine[labels == c]
         labelled.append(rng.choice(ids, size=min(len(ids), scenario.role.params.known_labels),
                                 replace=False))  # fmt: skip
-    _OWN[key] = mine, np.sort(np.concatenate(labelled))
-    return _OWN[key]
+    ids = np.sort(np.concatenate(labelled))
+    _KNOWN[key] = ids, task_labels(setting(scenario), digits[ids])
+    return _KNOWN[key]
 
 
-def known(scenario: Scenario, pid: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(ids, task labels)`` of the examples the curious owner labelled itself."""
-    _, ids = _own(scenario, pid)
-    dataset = DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
-    _, digits = dataset.classifier_train()
-    return ids, task_labels(setting(scenario), digits[ids])
+def published(protection: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The server's gradient-defence summaries, flat: ``{"<defence>.<key>": value}``."""
+    return {
+        f"{name}.{key}": float(value)
+        for name, summary in protection.items()
+        for key, value in summary.items()
+    }
 
 
 def _keep(
@@ -108,7 +111,7 @@ def _keep(
     epoch or holds an example whose label it knows."""
     watched = seeds.rng(scenario.seed, "labels.observed", pid, rnd).permutation(steps)
     chosen = step in set(watched[: scenario.role.params.observed_batches].tolist())
-    _, anchors = _own(scenario, pid)
+    anchors, _ = known(scenario, pid)
     if not (chosen or np.isin(ids, anchors).any()):
         return
     folder = Path(state_dir) / KEPT.format(pid=pid)
@@ -155,16 +158,11 @@ def _ask_for_report(
     with torch.no_grad():
         z = torch.from_numpy(outcome.inference[setting.observer])
         answers = outcome.server(z).argmax(1).numpy().astype(np.int64)
-    published = {
-        f"{name}.{key}": float(value)
-        for name, summary in outcome.protection.items()
-        for key, value in summary.items()
-    }
     content = RecordDict(
         {
             "config": ConfigRecord({"phase": "report"}),
             "answers": arrays_to_record({"y": answers}),
-            "protection": ConfigRecord(published),
+            "protection": ConfigRecord(published(outcome.protection)),
         }
     )
     replies = send(grid, {setting.observer: content}, node_of, "report", rnd)

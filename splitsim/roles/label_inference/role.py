@@ -46,7 +46,7 @@ from splitsim.roles.base import (
 )
 from splitsim.roles.label_inference import report
 from splitsim.roles.label_inference.attack import Scores, infer
-from splitsim.roles.label_inference.protocol import client_app, label_map, server_app
+from splitsim.roles.label_inference.protocol import client_app, published, server_app
 from splitsim.roles.label_inference.protocol import setting as split_setting
 from splitsim.scenario import Scenario
 
@@ -199,11 +199,7 @@ class CuriousDataOwner(Role):
             known_ids=seen["known_ids"],
             known_y=seen["known_y"],
             answers=seen["answers"],
-            protection={
-                f"{name}.{key}": float(value)
-                for name, summary in outcome.protection.items()
-                for key, value in summary.items()
-            },
+            protection=published(outcome.protection),
             round_trips=outcome.round_trips,
         )
 
@@ -312,4 +308,4 @@ class CuriousDataOwner(Role):
         )
 
 
-__all__ = ["CuriousDataOwner", "LabelReceived", "label_map"]
+__all__ = ["CuriousDataOwner", "LabelReceived"]
