@@ -1,6 +1,7 @@
 """Split learning on real MNIST through the real Flower simulation, small enough for CI.
 
-Four runs share one module: the same seed twice (determinism), Laplace b = 1 with NoPeek, and
+Four runs share one module (a fifth, the intercepting owner, runs beside them): the same seed
+twice (determinism), Laplace b = 1 with NoPeek, and
 the sequential schedule with a server that attacks alone using a Fashion-MNIST prior and the
 labels held by the data owners (sent with each batch).
 """
@@ -263,6 +264,14 @@ BAD = {
     "too_many_users": ({"deployment.users": 20000}, "deployment.users: at most 10000"),
     "aux_too_big": ({"role.aux_size": 6000}, "role.aux_size: at most 5000"),
     "bad_schedule": ({"role.schedule": "ring"}, "role.schedule: Input should be 'parallel'"),
+    "victim_is_the_interceptor": (
+        {"role.access": "intercepting", "role.victim": 0, "role.training_targets": 0},
+        "role.victim: must be another data owner than role.colluder (0)",
+    ),
+    "intercepted_training_tensors": (
+        {"role.access": "intercepting"},
+        "role.training_targets: the interceptor copies the victim's inference tensors only",
+    ),
     "negative_alpha": (
         {"defences": [{"name": "nopeek", "alpha": -1}]},
         "defences.0.alpha: Input should be greater than or equal to 0",
@@ -335,3 +344,43 @@ def test_a_failing_data_owner_is_retried_or_left_out(runs, tmp_path):
     received = np.load(skipped / "received.npz")
     assert received["inference_z"].shape == (200, 500)  # owner 0's half of the 400 test images
     assert m["utility"]["accuracy"] > 0.5
+
+
+@pytest.mark.slow
+def test_an_intercepting_owner_inverts_the_copy_it_got(runs, tmp_path, capsys):
+    # papers/003, Appendix A's third attacker: owner 0 reconstructs owner 1's test images from a
+    # copy of owner 1's exchange, with its own images and its own segment; training is the same.
+    folder = run(tmp_path, "role.access=intercepting", "role.training_targets=0")
+    m = results(folder)["metrics"]
+    wire = read(folder / "wire.jsonl")
+    (copy_,) = [w for w in wire if w["phase"] == "intercept" and w["sender"] == "server"]
+    (answer,) = [w for w in wire if w["phase"] == "answer" and w["sender"] == "server"]
+    assert copy_["receiver"] != answer["receiver"]  # the copy went to another owner
+    victim_z = [
+        rec["entries"]["z"]
+        for w in wire
+        if w["phase"] == "infer" and w["sender"] == answer["receiver"]
+        for rec in w["records"]
+        if rec["name"] == "intermediate"
+    ]
+    intercepted = {r["name"]: r["entries"] for r in copy_["records"]}["intercepted"]
+    assert victim_z == [intercepted["z"]]  # the victim's tensors, as they crossed the wire
+    # it holds no f2 and no training log; its segment is the one every owner got
+    meta = json.loads((folder / "received.json").read_text())
+    assert meta["server_weights#keys"] == [] and meta["history"] == []
+    with np.load(folder / "received.npz") as got, np.load(runs["plain"] / "received.npz") as srv:
+        for key in meta["client_weights#keys"]:
+            name = f"client_weights/{key}"
+            np.testing.assert_array_equal(got[name], srv[name])
+    assert m["attack"]["access"] == "intercepting" and m["attack"]["victim"] == 1
+    assert m["utility"]["test_images"] == 200  # the victim's share of 400
+    assert m["utility"]["accuracy"] > 0.8  # the server's answers to the victim
+    assert m["utility"]["accuracy_without_inference_noise"] is None
+    leak = m["leakage"]["inference"]
+    assert leak["reference_accuracy"] > 3 * m["utility"]["chance"], leak
+    assert leak["ssim"] > 0.2, leak
+    assert (folder / "reconstructions.png").stat().st_size > 0
+    # its own images stay its own: how many it trains on can change in a re-attack
+    assert main(["attack", str(folder), "--set", "role.aux_size=200"]) == 0
+    (again,) = (folder / "attacks").glob("2*")
+    assert results(again)["metrics"]["attack"]["aux_size"] == 200

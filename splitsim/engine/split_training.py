@@ -84,6 +84,7 @@ class SplitSetting:
     # ``keep(scenario, state_dir, pid, rnd, step, steps, ids, grad)``, on its own device
     observer: int | None = None
     keep: Callable[..., None] | None = None
+    target: int | None = None  # the owner whose exchange the observer intercepts
     # the role's own phases: ``phase(scenario, setting, state_dir, pid, msg) -> Message`` on
     # the client; ``finish(setting, grid, send, node_of, outcome, rnd)`` on the server after
     # inference (``send(grid, {pid: content}, node_of, phase, rnd)`` -> replies by owner)
@@ -150,6 +151,11 @@ def _segment(scenario: Scenario) -> nn.Module:
     if key not in _SEGMENTS:
         _SEGMENTS[key] = split_parts(scenario)[0]
     return copy.deepcopy(_SEGMENTS[key])
+
+
+def owner_weights(scenario: Scenario, state_dir: str, pid: int) -> dict[str, np.ndarray]:
+    """The segment weights data owner ``pid`` holds now, on its own device."""
+    return open_state(state_dir, pid, lambda: _segment(scenario), scenario.training.lr).weights()
 
 
 def _snapshot(keep: str, pid: int, rnd: int) -> Path:

@@ -46,10 +46,16 @@ def plot_training(metrics: dict, path: Path) -> None:
     history = metrics["utility"]["history"]
     decoder = metrics["attack"]["decoder_history"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.2))
-    axes[0].plot([h["round"] for h in history], [100 * h["train_accuracy"] for h in history], "o-")
-    axes[0].set_xlabel("round (epoch)")
-    axes[0].set_ylabel("server-side train accuracy (%)")
-    axes[0].set_title("split training through Flower")
+    if history:
+        rounds = [h["round"] for h in history]
+        axes[0].plot(rounds, [100 * h["train_accuracy"] for h in history], "o-")
+        axes[0].set_xlabel("round (epoch)")
+        axes[0].set_ylabel("server-side train accuracy (%)")
+        axes[0].set_title("split training through Flower")
+    else:  # an intercepting owner never sees the server's training log
+        axes[0].axis("off")
+        axes[0].text(0.5, 0.5, "the server's training log:\nnot seen by an intercepting owner",
+                     ha="center", va="center", fontsize=9)  # fmt: skip
     axes[1].plot(
         [h["epoch"] for h in decoder], [h["train_mse"] for h in decoder], "o-", label="train"
     )
@@ -69,7 +75,8 @@ def plot_noise_sweep(sweep: list[dict], path: Path) -> None:
     plt = pyplot()
     scales = [row["scale"] for row in sweep]
     fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    ax.plot(scales, [100 * r["accuracy"] for r in sweep], "o-", label="task accuracy")
+    if all(r["accuracy"] is not None for r in sweep):  # an interceptor holds no f2
+        ax.plot(scales, [100 * r["accuracy"] for r in sweep], "o-", label="task accuracy")
     ax.plot(
         scales,
         [100 * r["reference_accuracy"] for r in sweep],
@@ -112,13 +119,14 @@ def markdown(scenario_name: str, results: dict) -> str:
     w = out.write
     w(f"# {scenario_name}: model inversion of a split network\n\n")
     w(f"Seed {results['seed']}; {tr['data_owners']} data owners, {tr['schedule']} schedule, ")
-    w(f"{len(u['history'])} rounds, {tr['round_trips']} Flower round trips; ")
+    w(f"{tr['rounds']} rounds, {tr['round_trips']} Flower round trips; ")
     w(f"defences: {defences_text(results)}.\n\n")
     w("## Utility and distance correlation (papers/003, Table 1)\n\n")
     w("| quantity | value |\n|---|---|\n")
     w(f"| task accuracy, as deployed ({u['test_images']} test images) | {pct(u['accuracy'])} |\n")
     w("| task accuracy without the inference-time noise | ")
-    w(f"{pct(u['accuracy_without_inference_noise'])} |\n")
+    clean = u["accuracy_without_inference_noise"]
+    w(f"{pct(clean)}{' (an intercepting owner holds no f2)' if clean is None else ''} |\n")
     w(f"| distance correlation, mean ± s.e. over {d['batches']} batches | ")
     w(f"{d['mean']:.3f} ± {d['se']:.3f} |\n\n")
     counts = tr.get("owner_class_counts")
@@ -127,8 +135,14 @@ def markdown(scenario_name: str, results: dict) -> str:
         what = "owners' training images per digit"
         w(class_counts_section(counts, tr.get("partitioner"), what, digits))
     w("## The attack\n\n")
-    w(f"The server got the data owners' segment by **{a['access']}** access and trained its ")
-    w(f"decoder on {a['aux_size']} **{a['aux_data']}** images")
+    if a["access"] == "intercepting":
+        w(f"Data owner {a['interceptor']} is the attacker (papers/003, Appendix A): it got a ")
+        w(f"copy of owner {a['victim']}'s inference exchange (the `intercept` message in the ")
+        w("wire log), holds its own segment and no f2, and trained its decoder on ")
+        w(f"{a['aux_size']} of its own training images")
+    else:
+        w(f"The server got the data owners' segment by **{a['access']}** access and trained ")
+        w(f"its decoder on {a['aux_size']} **{a['aux_data']}** images")
     w(
         f", adaptively, on tensors defended with {', '.join(a['defences_known'])} as the "
         "owners defend theirs.\n\n"

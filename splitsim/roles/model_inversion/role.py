@@ -6,12 +6,15 @@ Phases, in the order they run (papers/003, sections 3-4 and Appendices A, B, D):
    intermediate tensors; the server holds f2 and the labels and returns gradients. Then the
    owners send the intermediate tensors of their test images, and, under ``access:
    colluding``, one owner hands over its segment and its images. What the server holds after
-   that is ``InversionReceived``;
-2. attack: the server takes f1 (the colluder's, or the copy it relayed/averaged itself:
-   "obtained alone", Appendix A) and its auxiliary images (the colluder's, or its own: MNIST
-   40k-45k, a class-disjoint part of it, Fashion-MNIST or EMNIST as a foreign prior), trains a
-   decoder (attack.py) and reconstructs the inputs behind the tensors it received at inference
-   and in the last training epoch;
+   that is ``InversionReceived``. Under ``access: intercepting`` the attacker is instead a
+   data owner (Appendix A's third setting): it gets a copy of another owner's inference
+   exchange (protocol.py), and ``InversionReceived`` is what that owner holds;
+2. attack: the attacker takes f1 (the colluder's, the copy the server relayed/averaged itself:
+   "obtained alone", or the malicious owner's own) and its auxiliary images (the colluder's,
+   the server's own: MNIST 40k-45k, a class-disjoint part of it, Fashion-MNIST or EMNIST as a
+   foreign prior, or the malicious owner's own training images), trains a decoder (attack.py)
+   and reconstructs the inputs behind the tensors it received at inference and in the last
+   training epoch;
 3. truth: the owners' images and labels, which only the harness knows;
 4. evaluate: task accuracy, distance correlation (dcor), MSE / PSNR / SSIM and the accuracy of
    an independent classifier on reconstructions, and the after-training noise sweep.
@@ -28,7 +31,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
 from splitsim.data.mnist import MNIST, aux_images, emnist_available
-from splitsim.data.partitions import class_histograms, test_partition, train_partitions
+from splitsim.data.partitions import (
+    class_histograms,
+    test_partition,
+    train_partition,
+    train_partitions,
+)
 from splitsim.decoding import reconstruct
 from splitsim.defences import apply_stage
 from splitsim.defences import build as build_defences
@@ -64,7 +72,9 @@ MNIST_TEST = 10_000
 @dataclass(kw_only=True)
 class InversionReceived(Received):
     """What the curious server holds: every tensor owners sent it, the segment weights it
-    relayed (FedAvg) or was handed, its own segment f2, and how training went."""
+    relayed (FedAvg) or was handed, its own segment f2, and how training went. Under
+    interception, what the malicious owner holds: the victim's intercepted tensors and the
+    server's answers to them, and its own segment; no f2 and no training log."""
 
     partitions: list[int]  # owners in the order their inference tensors are stacked
     inference_z: np.ndarray  # owners' test-image tensors, stacked in ``partitions`` order
@@ -81,6 +91,7 @@ class InversionReceived(Received):
     resumed_after: list[int] = field(default_factory=list)  # rounds a killed run went on from
     failures: list[dict[str, Any]] = field(default_factory=list)  # every failed try
     dropped: dict[str, str] = field(default_factory=dict)  # owner -> where it was left out
+    answers: np.ndarray | None = None  # interception: the server's answers to the victim
 
 
 @dataclass(kw_only=True)
@@ -117,10 +128,15 @@ class ModelInversionServer(Role):
             description="softmax_outputs: cross-entropy on softmax outputs, as the published "
             "code of papers/003 (its Table 1) does",
         )
-        access: Literal["colluding", "stolen"] = Field(
-            "colluding", description="Appendix A: a colluding owner, or the server alone"
+        access: Literal["colluding", "stolen", "intercepting"] = Field(
+            "colluding",
+            description="Appendix A: a colluding owner, the server alone, or a data owner "
+            "that intercepts another's tensors",
         )
-        colluder: int = Field(0, ge=0, description="partition of the colluding data owner")
+        colluder: int = Field(
+            0, ge=0, description="partition of the colluding (or intercepting) data owner"
+        )
+        victim: int = Field(1, ge=0, description="intercepting: the owner it intercepts")
         aux_data: Literal["same", "disjoint_classes", "fashion_mnist", "emnist"] = "same"
         aux_size: int = Field(5000, ge=10, description="attacker's images (paper: 250-5000)")
         aux_classes: list[int] | None = Field(None, description="disjoint_classes: kept digits")
@@ -156,8 +172,11 @@ class ModelInversionServer(Role):
     @classmethod
     def attack_params_for(cls, scenario: Scenario) -> frozenset[str]:
         """A colluder's hand-over was sent during deployment: its images are what they are."""
-        if scenario.role.params.access == "colluding":
+        access = scenario.role.params.access
+        if access == "colluding":
             return cls.attack_params - {"aux_data", "aux_size", "val_size", "aux_classes"}
+        if access == "intercepting":  # its own images: how many it uses can change
+            return cls.attack_params - {"aux_data", "aux_classes"}
         return cls.attack_params
 
     @classmethod
@@ -193,6 +212,8 @@ class ModelInversionServer(Role):
                 f"a colluding data owner hands over its own MNIST images, so aux_data must be "
                 f"'same' (got {p.aux_data!r}); use access: stolen for another prior",
             )
+        if p.access == "intercepting":
+            cls._check_interception(scenario, source)
         if p.aux_data in ("same", "disjoint_classes") and p.aux_size > 5000:
             raise ScenarioError(
                 source, "role.aux_size", "at most 5000 (the paper's attacker split 40k-45k)"
@@ -236,6 +257,28 @@ class ModelInversionServer(Role):
                 source, "deployment.users", f"at most {MNIST_TEST} (the MNIST test images)"
             )
 
+    @staticmethod
+    def _check_interception(scenario: Scenario, source: str) -> None:
+        p = scenario.role.params
+        clients = scenario.deployment.clients
+        if p.victim >= clients or p.victim == p.colluder:
+            raise ScenarioError(
+                source, "role.victim",
+                f"must be another data owner than role.colluder ({p.colluder}) and below "
+                f"deployment.clients ({clients}); got {p.victim}",
+            )  # fmt: skip
+        if p.aux_data != "same":
+            raise ScenarioError(
+                source, "role.aux_data",
+                f"an intercepting data owner trains on its own MNIST images: 'same' (got "
+                f"{p.aux_data!r})",
+            )  # fmt: skip
+        if p.training_targets:
+            raise ScenarioError(
+                source, "role.training_targets",
+                "the interceptor copies the victim's inference tensors only; set it to 0",
+            )  # fmt: skip
+
     # -- 1. deploy: split training and inference over Flower ---------------------------
 
     def deploy(self) -> InversionReceived:
@@ -274,6 +317,8 @@ class ModelInversionServer(Role):
             self.flower(server, outcome, keep=checkpoints / "owners" if checkpoints else None)
         if outcome.client_weights is None or outcome.server is None:
             raise RuntimeError("the Flower ServerApp ended before training finished")
+        if p.access == "intercepting":
+            return self._intercepted(outcome)
         pids = sorted(outcome.inference)
         handed = outcome.colluder
         return InversionReceived(
@@ -302,6 +347,42 @@ class ModelInversionServer(Role):
             dropped={str(k): v for k, v in outcome.dropped.items()},
         )
 
+    def _intercepted(self, outcome: SplitOutcome) -> InversionReceived:
+        """What the intercepting owner reported holding: the copy of the victim's exchange
+        and its own segment; the server's f2 and training log stay with the server."""
+        held = outcome.observed
+        return InversionReceived(
+            partitions=[self.params.victim],
+            inference_z=held["z"],
+            answers=held["answers"],
+            training_z=np.zeros((0, 1), "f4"),
+            training_ids=np.zeros(0, np.int64),
+            client_weights={
+                k.removeprefix("segment."): v for k, v in held.items() if k.startswith("segment.")
+            },
+            server_weights={},
+            colluder_segment={},
+            colluder_x=None,
+            colluder_x_val=None,
+            history=[],
+            train_samples={str(k): v for k, v in outcome.train_samples.items()},
+            round_trips=outcome.round_trips,
+            resumed_after=outcome.resumed_after,
+            failures=outcome.failures,
+            dropped={str(k): v for k, v in outcome.dropped.items()},
+        )
+
+    def _own_images(self) -> tuple[np.ndarray, np.ndarray]:
+        """The intercepting owner's own training images: its validation images last."""
+        p = self.params
+        x_train, y_train = self._dataset().classifier_train()
+        d = self.scenario.deployment
+        mine = train_partition(len(x_train), d.clients, p.colluder, self.scenario.seed,
+                               y_train, d.partitioner)  # fmt: skip
+        n_val = min(p.val_size, len(mine) // 5)
+        n_aux = min(p.aux_size, len(mine) - n_val)
+        return x_train[mine[:n_aux]], x_train[mine[len(mine) - n_val :]]
+
     # -- 2. attack: a decoder from intermediate tensors back to images -----------------
 
     def attack(self, received: InversionReceived) -> InversionOutput:
@@ -309,6 +390,9 @@ class ModelInversionServer(Role):
         if p.access == "colluding":
             segment_weights = received.colluder_segment
             aux, val = received.colluder_x, received.colluder_x_val
+        elif p.access == "intercepting":
+            segment_weights = received.client_weights
+            aux, val = self._own_images()
         else:
             segment_weights = received.client_weights
             root, download = (
@@ -403,16 +487,26 @@ class ModelInversionServer(Role):
         client_seg.load_state_dict(
             {k: torch.from_numpy(v) for k, v in received.client_weights.items()}
         )
-        server_seg.load_state_dict(
-            {k: torch.from_numpy(v) for k, v in received.server_weights.items()}
-        )
         client_seg.eval()
-        server_seg.eval()
-        with torch.no_grad():
-            deployed_pred = server_seg(torch.from_numpy(received.inference_z)).argmax(1).numpy()
         clean_z = intermediates(client_seg, truth.x)
-        with torch.no_grad():
-            clean_pred = server_seg(torch.from_numpy(clean_z)).argmax(1).numpy()
+
+        def classify(z: np.ndarray) -> np.ndarray | None:
+            """f2's answers; None for an interceptor, who holds no f2 (it reads the server's
+            answers to the victim instead)."""
+            if not received.server_weights:
+                return None
+            with torch.no_grad():
+                return server_seg(torch.from_numpy(z)).argmax(1).numpy()
+
+        if received.server_weights:
+            server_seg.load_state_dict(
+                {k: torch.from_numpy(v) for k, v in received.server_weights.items()}
+            )
+            server_seg.eval()
+        deployed_pred = classify(received.inference_z)
+        if deployed_pred is None:
+            deployed_pred = received.answers
+        clean_pred = classify(clean_z)
         dcor_stats = distance_correlation_batches(
             truth.dcor_x, intermediates(client_seg, truth.dcor_x), t.batch_size
         )
@@ -431,11 +525,10 @@ class ModelInversionServer(Role):
             for i, b in enumerate(p.noise_sweep):
                 noise_rng = self.seeds.rng("inversion.noise_sweep", i)
                 noisy = clean_z + noise_rng.laplace(0.0, b, clean_z.shape).astype(np.float32)
-                with torch.no_grad():
-                    pred = server_seg(torch.from_numpy(noisy)).argmax(1).numpy()
+                pred = classify(noisy)
                 recon = reconstruct(output.decoder, noisy)
                 sweep.append(
-                    {"scale": b, "accuracy": accuracy(pred, truth.y)}
+                    {"scale": b, "accuracy": None if pred is None else accuracy(pred, truth.y)}
                     | _leakage(judge, truth.x, recon, truth.y)
                 )
                 sweep_pictures.append(recon[pictures])
@@ -443,7 +536,9 @@ class ModelInversionServer(Role):
         metrics = {
             "utility": {
                 "accuracy": accuracy(deployed_pred, truth.y),
-                "accuracy_without_inference_noise": accuracy(clean_pred, truth.y),
+                "accuracy_without_inference_noise": (
+                    None if clean_pred is None else accuracy(clean_pred, truth.y)
+                ),
                 "chance": majority_rate(truth.y),
                 "test_images": len(truth.y),
                 "history": received.history,
@@ -452,6 +547,11 @@ class ModelInversionServer(Role):
             "privacy": self.privacy("payload", self._releases()),
             "attack": {
                 "access": p.access,
+                **(
+                    {"victim": p.victim, "interceptor": p.colluder}
+                    if p.access == "intercepting"
+                    else {}
+                ),  # fmt: skip
                 "aux_data": p.aux_data,
                 "aux_size": output.aux_size,
                 "adaptive": p.adaptive,
@@ -463,6 +563,7 @@ class ModelInversionServer(Role):
             "noise_sweep": sweep,
             "training": {
                 "schedule": p.schedule,
+                "rounds": t.epochs,
                 "task_loss": p.task_loss,
                 "data_owners": self.scenario.deployment.clients,
                 "train_samples": received.train_samples,
