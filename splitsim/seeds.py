@@ -40,6 +40,14 @@ PURPOSES: dict[str, int] = {
     # label inference by a curious data owner (Li et al., ICLR 2022)
     "labels.observed": 110,
     "labels.anchors": 111,
+    # SplitGuard, a split-learning owner's detector (Erdoğan et al., WPES 2022)
+    "splitguard.fake": 120,
+    "splitguard.labels": 121,
+    "splitguard.half": 122,
+    # the hijacking server (Pasquini et al., CCS 2021)
+    "hijack.init": 130,
+    "hijack.public_batches": 131,
+    "hijack.passive": 132,
     "inversion.training_targets": 70,
     "inversion.attack": 71,
     "inversion.noise_sweep": 72,

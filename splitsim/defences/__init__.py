@@ -10,6 +10,7 @@ from splitsim.defences import (  # noqa: F401
     query_budget,
     randomised_response,
     rounding,
+    splitguard,
     update_noise,
     weight_noise,
 )

@@ -8,7 +8,9 @@ secret input, before each query is evaluated), ``answer`` (the label-change bit 
 ``update`` (the model update it uploads) and ``training`` (how it runs its local optimiser, e.g.
 DP-SGD); for the label holder of split learning (Li et al., ICLR 2022): ``gradient`` (the
 gradient it returns to a data owner, perturbed knowing the batch's labels; the one stage a
-server applies). A role declares which stages it has; a defence
+server applies); for a split-learning data owner that watches the server (Erdoğan et al., WPES
+2022): ``detector`` (fake batches and a test on the gradients it gets back, stopping training
+when the server looks hijacked). A role declares which stages it has; a defence
 whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
 """
 
@@ -20,7 +22,16 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 Stage = Literal[
-    "payload", "weights", "loss", "input", "answer", "budget", "update", "training", "gradient"
+    "payload",
+    "weights",
+    "loss",
+    "input",
+    "answer",
+    "budget",
+    "update",
+    "training",
+    "gradient",
+    "detector",
 ]
 
 

@@ -85,6 +85,10 @@ class SplitSetting:
     observer: int | None = None
     keep: Callable[..., None] | None = None
     target: int | None = None  # the owner whose exchange the observer intercepts
+    # a server that answers batches its own way: ``adversary(scenario, device)`` builds, on
+    # the server, an object whose ``answer(z, y, out, grad, pid, rnd, step, ids)`` returns
+    # the gradient to send instead of the task gradient ``grad`` (f2 still trains on the task)
+    adversary: Callable[..., Any] | None = None
     # the role's own phases: ``phase(scenario, setting, state_dir, pid, msg) -> Message`` on
     # the client; ``finish(setting, grid, send, node_of, outcome, rnd)`` on the server after
     # inference (``send(grid, {pid: content}, node_of, phase, rnd)`` -> replies by owner)
@@ -226,6 +230,11 @@ def _handle(
     if scenario.engine.faults and phase in ("train", "infer"):  # failures on purpose
         rnd = int(cfg["round"]) if phase == "train" else scenario.training.epochs + 1
         maybe_fail(scenario.engine.faults, pid, rnd, phase, Path(state_dir))
+    guard = next((d for d in chosen if d.stage == "detector"), None)
+    stopped = Path(state_dir) / f"node-{pid}.stopped"
+    if stopped.is_file():  # its detector fired: it trains and answers no more
+        rnd, step = (int(v) for v in stopped.read_text().split())
+        return _stopped(msg, rnd, step)
     state = open_state(state_dir, pid, lambda: _segment(scenario), scenario.training.lr)
     if "restore" in cfg:  # a resumed run: this owner's own state as its last round left it
         _restore_snapshot(state, keep, pid, int(cfg["restore"]))
@@ -255,7 +264,26 @@ def _handle(
                     loss = loss + defence.loss(x, z)
             state.optimizer.zero_grad()
             loss.backward()
-            state.step()
+            fake = guard is not None and _fake(scenario, guard, pid, rnd, step - 1, steps)
+            if guard is not None and _sent_before(rnd, step - 1, steps) >= guard.params.start:
+                # SplitGuard keeps the first layer's gradient: fakes apart, regulars in R1/R2
+                kind = (
+                    "fake"
+                    if fake
+                    else ("r1", "r2")[
+                        int(
+                            seeds.rng(scenario.seed, "splitguard.half", pid, rnd, step).random()
+                            < 0.5
+                        )
+                    ]
+                )
+                first = next(state.model.parameters()).grad.numpy()
+                guard.record(Path(state_dir), pid, first, kind, (rnd, step - 1))
+                if fake and guard.verdict(Path(state_dir), pid):
+                    stopped.write_text(f"{rnd} {step - 1}")
+                    return _stopped(msg, rnd, step - 1)
+            if not fake:  # a fake batch's update would teach the wrong labels
+                state.step()
             if scenario.engine.on_client_failure == "retry":
                 applied.write_text(f"{rnd} {step}")
         if step >= steps:
@@ -277,6 +305,9 @@ def _handle(
         sent = {"z": z, "ids": idx}
         if setting.labels == "owner":  # vanilla SplitNN: the labels go with the batch
             sent["y"] = task_labels(setting, y_train[idx])
+            if guard is not None and _fake(scenario, guard, pid, rnd, step, steps):
+                rng = seeds.rng(scenario.seed, "splitguard.labels", pid, rnd, step)
+                sent["y"] = guard.fake_labels(sent["y"], setting.classes, rng)
         content = RecordDict({"intermediate": arrays_to_record(sent)})
         return Message(content, reply_to=msg)
     if phase == "infer":
@@ -314,6 +345,24 @@ def _handle(
     raise AssertionError(phase)
 
 
+def _sent_before(rnd: int, step: int, steps: int) -> int:
+    """Batches an owner sent before batch ``step`` of round ``rnd``."""
+    return (rnd - 1) * steps + step
+
+
+def _fake(scenario: Scenario, guard: Any, pid: int, rnd: int, step: int, steps: int) -> bool:
+    """Whether the owner's SplitGuard sends batch ``step`` of round ``rnd`` fake: a draw of its
+    own, the same when the batch goes out and when its gradient comes back."""
+    rng = seeds.rng(scenario.seed, "splitguard.fake", pid, rnd, step)
+    return guard.is_fake(rng, _sent_before(rnd, step, steps))
+
+
+def _stopped(msg: Message, rnd: int, step: int) -> Message:
+    """An owner whose detector fired says so, and stops."""
+    meta = ConfigRecord({"round": rnd, "step": step})
+    return Message(RecordDict({"stopped": meta}), reply_to=msg)
+
+
 @dataclass
 class SplitOutcome(ServerError):
     """What the server ends up with, and how training went."""
@@ -332,6 +381,9 @@ class SplitOutcome(ServerError):
     resumed_after: list[int] = field(default_factory=list)  # rounds a resumed run started from
     protection: dict[str, dict[str, Any]] = field(default_factory=dict)  # gradient defences
     observed: dict[str, np.ndarray] = field(default_factory=dict)  # a role's finish() puts here
+    stopped: dict[int, dict[str, int]] = field(default_factory=dict)  # owners whose detector fired
+    answered: int = 0  # owner batches the server answered, all rounds
+    adversary: Any = None  # the server's adversary, as training left it
 
 
 CHECKPOINT = "split-server.pt"
@@ -430,6 +482,8 @@ def server_app(
         weights = {k: v.detach().numpy().copy() for k, v in client_init.state_dict().items()}
         optimizer = torch.optim.Adam(server.parameters(), lr=t.lr)
         loss_fn = nn.CrossEntropyLoss()
+        adversary = None if setting.adversary is None else setting.adversary(scenario, device)
+        outcome.adversary = adversary
         pids = sorted(node_of)
         first, restoring, restore_round = 1, set(), 0
         if resume is not None:
@@ -455,7 +509,13 @@ def server_app(
             for pid in sorted(set(asked) - set(replies)):  # given up on: out of training
                 outcome.dropped[pid] = where
 
+        def halted() -> bool:
+            """Every owner left, the last of them stopped by its detector: training ends."""
+            return bool(outcome.stopped) and set(outcome.dropped) >= set(pids)
+
         for rnd in range(first, t.epochs + 1):
+            if halted():
+                break
             seen, correct, loss_sum = 0, 0, 0.0
             owners = active()
             turns = [owners] if setting.schedule == "parallel" else [[p] for p in owners]
@@ -479,6 +539,14 @@ def server_app(
                     pending = {}
                     for pid in sorted(replies):
                         content = replies[pid].content
+                        if "stopped" in content:  # its detector fired: out of the protocol
+                            at = {k: int(v) for k, v in content["stopped"].items()}
+                            at["answered"] = outcome.answered
+                            outcome.stopped[pid] = at
+                            outcome.dropped[pid] = (
+                                f"stopped by its detector at round {at['round']} step {at['step']}"
+                            )
+                            continue
                         if "segment" in content:
                             collected[pid] = record_to_arrays(content["segment"])
                             continue
@@ -506,7 +574,11 @@ def server_app(
                                 outcome.training_z.append(sent["z"][keep])
                                 outcome.training_ids.append(sent["ids"][keep])
                         step_of[pid] += 1
+                        outcome.answered += 1
                         grad = z.grad.cpu().numpy()
+                        if adversary is not None:  # the server answers its own way
+                            grad = adversary.answer(z.detach(), y, out.detach(), grad, pid, rnd,
+                                                    step_of[pid], sent["ids"])  # fmt: skip
                         if protect:  # the label holder's noise on what it returns
                             rng = seeds.rng(scenario.seed, "split.gradient_noise", pid, rnd,
                                             step_of[pid])  # fmt: skip
@@ -520,11 +592,13 @@ def server_app(
                         )
                         on_step()
                 if setting.schedule == "parallel":
-                    if not collected:
+                    if collected:
+                        weights = fedavg(collected, outcome.train_samples)
+                    elif not halted():
                         raise ClientFailed(f"every data owner was left out in round {rnd}")
-                    weights = fedavg(collected, outcome.train_samples)
                 elif group[0] in collected:  # a dropped owner's turn passes nothing on
                     weights = collected[group[0]]
+            seen = max(seen, 1)  # every owner may have stopped at its first step
             row = {"round": rnd, "train_loss": loss_sum / seen, "train_accuracy": correct / seen}
             outcome.history.append(row)
             on_round(row)
@@ -535,9 +609,9 @@ def server_app(
         outcome.server = server.cpu()
         contents = {
             pid: RecordDict({"config": _config("infer"), "segment": arrays_to_record(weights)})
-            for pid in active()
+            for pid in ([] if halted() else active())
         }
-        replies = send(grid, contents, node_of, "infer", t.epochs + 1)
+        replies = send(grid, contents, node_of, "infer", t.epochs + 1) if contents else {}
         drop(contents, replies, "infer")
         for pid, reply in replies.items():
             outcome.inference[pid] = record_to_arrays(reply.content["intermediate"])["z"]

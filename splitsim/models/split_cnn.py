@@ -6,6 +6,10 @@ and architecture". Its published code fixes both; we follow it:
 - data owner segment f1: conv 32 (3x3) - ReLU - conv 64 (3x3) - ReLU - 2x2 max-pool - linear to
   500 - tanh (bounded, so that Laplace noise of a fixed scale means the same everywhere);
 - computational server segment f2: linear 500 -> 128 - ReLU - linear -> 10 (logits);
+- ``cut: conv`` instead ends f1 after the pooling and sends its feature map (channels x 12 x 12,
+  flattened): a spatial cut, like the convolutional client networks of Pasquini et al. (CCS
+  2021), whose hijacking attack needs one (docs/split_hijacking.md); f2 is then linear from the
+  feature map to ``server_hidden`` - ReLU - linear to the classes;
 - decoder: linear 500 -> 64x12x12, then four transposed convolutions back to 1x28x28. The
   published decoder (``paper``) has no non-linearity between them; ``deep`` puts a ReLU between
   them and a sigmoid at the end. On MNIST both reconstruct undefended tensors equally well, but
@@ -19,6 +23,7 @@ and architecture". Its published code fixes both; we follow it:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -55,6 +60,9 @@ class SplitCNN:
         server_hidden: PositiveInt = 128
         input_mean: float = 0.1307
         input_std: float = Field(0.3081, gt=0)
+        cut: Literal["linear", "conv"] = Field(
+            "linear", description="linear: f1 ends linear-tanh (papers/003); conv: a feature map"
+        )
 
     @staticmethod
     def build(params: Params, input_shape: tuple[int, ...], out_dim: int) -> SplitParts:
@@ -65,13 +73,56 @@ class SplitCNN:
             in_channels, height, width = channels, height - 2, width - 2
         layers += [nn.MaxPool2d(2), nn.Flatten()]
         flat = in_channels * (height // 2) * (width // 2)
-        layers += [nn.Linear(flat, params.intermediate), nn.Tanh()]
+        if params.cut == "linear":
+            layers += [nn.Linear(flat, params.intermediate), nn.Tanh()]
         server = nn.Sequential(
-            nn.Linear(params.intermediate, params.server_hidden),
+            nn.Linear(sent_width(params), params.server_hidden),
             nn.ReLU(),
             nn.Linear(params.server_hidden, out_dim),
         )
         return SplitParts(client=nn.Sequential(*layers), server=server)
+
+
+def feature_map(params: SplitCNN.Params) -> tuple[int, int, int]:
+    """``cut: conv``: the shape of the feature map f1 sends (flattened) for 28x28 images."""
+    side = (28 - 2 * len(params.channels)) // 2
+    return params.channels[-1], side, side
+
+
+def sent_width(params: SplitCNN.Params) -> int:
+    """How many numbers f1 sends per image."""
+    if params.cut == "linear":
+        return params.intermediate
+    channels, height, width = feature_map(params)
+    return channels * height * width
+
+
+def decoder_for(params: SplitCNN.Params, deep: bool) -> nn.Module:
+    """The attacker's decoder for what this split sends: papers/003's attack model for the
+    linear cut, a transposed-convolution decoder for the feature map of the conv cut."""
+    if params.cut == "linear":
+        return InversionDecoder(params.intermediate, (1, 28, 28), deep)
+    return FeatureMapDecoder(feature_map(params))
+
+
+class FeatureMapDecoder(nn.Module):
+    """Feature map (flattened) -> image: 2x upsampling by a transposed convolution, then
+    transposed convolutions back to 1x28x28 and a sigmoid (pixels in [0, 1])."""
+
+    def __init__(self, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.shape = shape
+        channels, side, _ = shape
+        grown = 2 * side  # after the 2x upsampling
+        layers: list[nn.Module] = [nn.ConvTranspose2d(channels, 32, 2, stride=2), nn.ReLU()]
+        for _ in range((28 - grown) // 2 - 2):  # each 3x3 transposed convolution adds 2
+            layers += [nn.ConvTranspose2d(32, 32, 3), nn.ReLU()]
+        layers += [nn.ConvTranspose2d(32, 16, 3), nn.ReLU(), nn.ConvTranspose2d(16, 1, 3)]
+        layers.append(nn.Sigmoid())
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.layers(z.view(-1, *self.shape))
 
 
 class InversionDecoder(nn.Module):

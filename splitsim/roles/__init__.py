@@ -8,3 +8,4 @@ from splitsim.roles.label_inference import role as _label_inference  # noqa: F40
 from splitsim.roles.model_inversion import role as _model_inversion  # noqa: F401
 from splitsim.roles.perturbation_probe import role as _perturbation_probe  # noqa: F401
 from splitsim.roles.property_inference import role as _property_inference  # noqa: F401
+from splitsim.roles.split_hijacking import role as _split_hijacking  # noqa: F401
