@@ -2,10 +2,10 @@
 SplitGuard (Erdoğan et al., WPES 2022) on real MNIST through Flower.
 
 Unit tests of SplitGuard's score and bookkeeping run on synthetic gradients; the module's Flower
-runs (slow tier) train papers/003's CNN with a convolutional cut on 4,000 MNIST images, two
-owners sending their labels: FSHA undefended (twice: determinism), the honest server (the
-passive inversion baseline), and FSHA, the honest server and the adaptive FSHA against owners
-running SplitGuard.
+runs (slow tier) train papers/003's CNN with a convolutional cut for one epoch of MNIST, two
+owners sending their labels: FSHA undefended; a tiny run twice (determinism); and the honest
+server (the passive inversion baseline), FSHA and the adaptive FSHA against owners running
+SplitGuard.
 """
 
 from __future__ import annotations
@@ -26,10 +26,11 @@ from splitsim.roles.split_hijacking.attack import critic
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "split_hijacking.yaml"
-SMALL = ["dataset.train_limit=4000", "training.epochs=2", "deployment.users=400",
-         "role.aux_size=2000", "role.val_size=500", "role.decoder_epochs=4",
-         "role.record_every=5", "role.reconstructions=400"]  # fmt: skip
-GUARD = "defences=[{name: splitguard, start: 10, p_fake: 0.2}]"
+# one epoch of the 40,000 training images: 626 owner batches, where FSHA has taken hold
+SMALL = ["training.epochs=1", "deployment.users=400", "role.aux_size=2000", "role.val_size=500",
+         "role.decoder_epochs=4", "role.record_every=5", "role.reconstructions=400"]  # fmt: skip
+TINY = [*SMALL, "dataset.train_limit=640", "deployment.users=100"]
+GUARD = "defences=[{name: splitguard}]"
 
 
 def paper_score(fakes, r1, r2, mult=5.0, exp=2.0):
@@ -42,9 +43,10 @@ def paper_score(fakes, r1, r2, mult=5.0, exp=2.0):
     f_mag, c_mag, r_mag = (sum(np.linalg.norm(v) for v in s) / len(s) for s in (fakes, r1, r2))
     cr_mean, cr_mag = (c_mean + r_mean) / 2, (c_mag + r_mag) / 2
     div = abs(f_mag - cr_mag) + abs(c_mag - r_mag)
-    x = angle(f_mean, cr_mean) * abs(f_mag - cr_mag) / div - angle(c_mean, r_mean) * abs(
-        r_mag - c_mag
-    ) / div
+    x = (
+        angle(f_mean, cr_mean) * abs(f_mag - cr_mag) / div
+        - angle(c_mean, r_mean) * abs(r_mag - c_mag) / div
+    )
     return (1 / (1 + math.exp(-mult * x))) ** exp
 
 
@@ -60,7 +62,9 @@ def test_splitguard_scores_an_honest_server_near_1_and_a_label_blind_one_low():
     honest, blind = sg_score(honest_fakes, r1, r2), sg_score(blind_fakes, r1, r2)
     assert honest > 0.95 and blind < 0.4, (honest, blind)
     for fakes in (honest_fakes, blind_fakes):
-        assert sg_score(fakes, r1, r2) == pytest.approx(paper_score(list(fakes), list(r1), list(r2)))
+        assert sg_score(fakes, r1, r2) == pytest.approx(
+            paper_score(list(fakes), list(r1), list(r2))
+        )
 
 
 def test_splitguard_keeps_running_sums_and_decides_on_its_last_scores(tmp_path):
@@ -142,40 +146,55 @@ def run(out: Path, *extra: str) -> dict:
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("hijack")
     return {
-        "fsha": run(out),
-        "again": run(out),
-        "honest": run(out, "role.server=honest"),
-        "fsha_guarded": run(out, GUARD),
-        "honest_guarded": run(out, GUARD, "role.server=honest"),
-        "adaptive_guarded": run(out, GUARD, "role.adaptive=true", "role.warmup=40"),
+        "fsha": run(out, *SMALL),
+        "tiny": run(out, *TINY),
+        "tiny_again": run(out, *TINY),
+        "honest_guarded": run(out, *SMALL, GUARD, "role.server=honest"),
+        "fsha_guarded": run(out, *SMALL, GUARD),
+        "adaptive_guarded": run(out, *SMALL, GUARD, "role.adaptive=true"),
     }
+
+
+def reattack(folder: Path, *sets: str) -> dict:
+    args = ["attack", str(folder)]
+    for expr in sets:
+        args += ["--set", expr]
+    assert main(args) == 0
+    newest = max((folder / "attacks").glob("*/results.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(newest.read_text())["metrics"]
 
 
 @pytest.mark.slow
 def test_fsha_makes_the_owners_tensors_invertible(runs):
     m = runs["fsha"]["metrics"]
-    per_batch = m["leakage"]["per_batch"]
-    first, last = per_batch[0], m["leakage"]["last"]
+    first, last = m["leakage"]["per_batch"][0], m["leakage"]["last"]
     assert last["ssim"] > first["ssim"] + 0.2, (first, last)
     assert last["reference_accuracy"] > 3 * last["chance"], last
+    assert m["leakage"]["inference"]["reference_accuracy"] > 3 * last["chance"]
     wire = read(runs["fsha"]["folder"] / "wire.jsonl")
     from_owners = {rec["name"] for w in wire if w["sender"] != "server" for rec in w["records"]}
-    assert from_owners >= {"intermediate"} and "segment" in from_owners
+    assert {"intermediate", "segment"} <= from_owners
     assert (runs["fsha"]["folder"] / "progress.png").stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_the_same_seed_gives_the_same_numbers(runs):
-    assert runs["fsha"]["metrics"]["leakage"] == runs["again"]["metrics"]["leakage"]
-    assert runs["fsha"]["metrics"]["utility"] == runs["again"]["metrics"]["utility"]
+    assert runs["tiny"]["metrics"]["leakage"] == runs["tiny_again"]["metrics"]["leakage"]
+    assert runs["tiny"]["metrics"]["utility"] == runs["tiny_again"]["metrics"]["utility"]
 
 
 @pytest.mark.slow
-def test_fsha_inverts_better_than_the_passive_server_with_the_segment(runs):
+def test_fsha_inverts_what_a_passive_server_without_the_segment_cannot(runs):
     fsha = runs["fsha"]["metrics"]["leakage"]["last"]
-    passive = runs["honest"]["metrics"]["leakage"]["last"]
-    assert runs["honest"]["metrics"]["utility"]["accuracy"] > 0.9  # honest training works
-    assert fsha["ssim"] > passive["ssim"], (fsha, passive)
+    honest = runs["honest_guarded"]
+    assert honest["metrics"]["utility"]["accuracy"] > 0.8  # honest training works
+    # With the segment it averaged (SplitFed), the passive server inverts as well or better;
+    # owners that keep f1 to themselves leave it a surrogate segment of its own, and that fails.
+    relayed = honest["metrics"]["leakage"]["last"]
+    surrogate = reattack(honest["folder"], "role.passive_segment=surrogate")["leakage"]["last"]
+    assert relayed["ssim"] > surrogate["ssim"] + 0.3, (relayed, surrogate)
+    assert fsha["ssim"] > surrogate["ssim"] + 0.15, (fsha, surrogate)
+    assert fsha["reference_accuracy"] > surrogate["reference_accuracy"] + 0.3, (fsha, surrogate)
 
 
 @pytest.mark.slow
@@ -184,19 +203,25 @@ def test_splitguard_stops_fsha_and_not_the_honest_server(runs):
     honest = runs["honest_guarded"]["metrics"]
     assert fsha["detector"]["stopped"] == 2, fsha["detector"]
     assert honest["detector"]["stopped"] == 0, honest["detector"]
-    assert fsha["training"]["rounds_trained"] <= 2 and fsha["utility"]["accuracy"] is None
-    # stopped early, the server got less: its reconstructions are worse than undefended
+    assert all(o["mean_score"] > 0.9 for o in honest["detector"]["owners"].values())
+    assert fsha["utility"]["accuracy"] is None  # no owner was left to send test images
+    stopped_at = [o["stopped_batch"] for o in fsha["detector"]["owners"].values()]
+    assert max(stopped_at) < 200, stopped_at
+    # stopped early, the server got little: its reconstructions are worse than undefended
     undefended = runs["fsha"]["metrics"]["leakage"]["last"]
-    assert fsha["leakage"]["last"]["ssim"] < undefended["ssim"] - 0.1
+    assert fsha["leakage"]["last"]["ssim"] < undefended["ssim"] - 0.15
     # the owners' logs came to the harness through Flower, one `detector` message each
     wire = read(runs["fsha_guarded"]["folder"] / "wire.jsonl")
     assert sum(w["phase"] == "detector" and w["sender"] != "server" for w in wire) == 2
+    assert (runs["fsha_guarded"]["folder"] / "splitguard.png").stat().st_size > 0
 
 
 @pytest.mark.slow
 def test_the_adaptive_server_answers_fakes_honestly_and_is_not_stopped(runs):
     m = runs["adaptive_guarded"]["metrics"]
     assert m["detector"]["stopped"] == 0, m["detector"]
-    assert m["attack"]["honest_answers"] > 40  # the warm-up and the fakes it caught
+    fakes = sum(o["gradients_kept"][0] for o in m["detector"]["owners"].values())
+    assert m["attack"]["honest_answers"] >= 100 + 0.8 * fakes  # warm-up, then most fakes
     stopped = runs["fsha_guarded"]["metrics"]["leakage"]["last"]
-    assert m["leakage"]["last"]["ssim"] > stopped["ssim"], (m["leakage"]["last"], stopped)
+    last = m["leakage"]["last"]
+    assert last["ssim"] > stopped["ssim"] + 0.1, (last, stopped)

@@ -123,9 +123,16 @@ class HijackingServer(Role):
         )
         aux_size: int = Field(5000, ge=10, le=5000, description="server's public MNIST images")
         val_size: int = Field(1000, ge=10, le=5000, description="honest: its decoder's validation")
+        passive_segment: Literal["relayed", "surrogate"] = Field(
+            "relayed",
+            description="honest: invert through the segment it averaged (SplitFed), or through "
+            "a surrogate it trains itself on its public images (owners that keep f1 private)",
+        )
         decoder: Literal["paper", "deep"] = Field("paper", description="f~^-1's architecture")
         decoder_epochs: int = Field(10, ge=1, le=1000, description="honest: its decoder's epochs")
-        lr_pilot: float = Field(1e-3, gt=0, le=1, description="Adam rate of f~ and f~^-1")
+        lr_pilot: float = Field(
+            1e-3, gt=0, le=1, description="Adam rate of f~ and f~^-1 (honest: of its decoder)"
+        )
         lr_critic: float = Field(1e-3, gt=0, le=1, description="Adam rate of the critic D")
         gradient_penalty: float = Field(10.0, ge=0, le=1e4, description="WGAN-GP's lambda")
         critic_hidden: int = Field(256, ge=8, le=8192, description="the critic's width")
@@ -143,7 +150,9 @@ class HijackingServer(Role):
     label_holders = ("owner", "server")
     received_type = HijackReceived
     adaptive_override = "role.adaptive=true"
-    attack_params = frozenset({"decoder_epochs", "val_size", "reconstructions"})
+    attack_params = frozenset(
+        {"decoder_epochs", "val_size", "reconstructions", "lr_pilot", "passive_segment"}
+    )
 
     @classmethod
     def client_app(cls, scenario: Scenario, storage: str, keep: str | None = None):  # noqa: ANN206
@@ -260,18 +269,20 @@ class HijackingServer(Role):
         if p.server == "fsha":  # FSHA's inverse of the pilot's feature space (eq. 5)
             decoder = decoder_for(split, p.decoder == "deep")
             decoder.load_state_dict({k: torch.from_numpy(v) for k, v in received.inverse.items()})
-        else:  # the passive server: a decoder through the segment it relayed (papers/003)
-            segment, _ = split_parts(self.scenario)
-            segment.load_state_dict(
-                {k: torch.from_numpy(v) for k, v in received.client_weights.items()}
-            )
+        else:  # the passive server: a decoder through a segment (papers/003, section 3)
             data = self.scenario.dataset.params
-            own = aux_images("same", data.root, p.aux_size, p.val_size, None,
-                             self.seeds.int("hijack.passive"), data.download)  # fmt: skip
+            seed = self.seeds.int("hijack.passive")
+            own = aux_images("same", data.root, p.aux_size, p.val_size, None, seed, data.download)
+            segment, _ = split_parts(self.scenario)
+            if p.passive_segment == "relayed":
+                weights = {k: torch.from_numpy(v) for k, v in received.client_weights.items()}
+                segment.load_state_dict(weights)
+            else:
+                segment = self._surrogate(own.x, own.y, seed)
             with self.run.phase("passive server's decoder", p.decoder_epochs) as advance:
                 decoder, history = train_decoder(
                     segment, own.x, own.x_val, defend=None, epochs=p.decoder_epochs,
-                    batch_size=t.batch_size, lr=t.lr, seed=self.seeds.int("hijack.passive"),
+                    batch_size=t.batch_size, lr=p.lr_pilot, seed=seed,
                     device=resolve_device(self.scenario.engine),
                     decoder=decoder_for(split, p.decoder == "deep"), on_epoch=advance,
                 )  # fmt: skip
@@ -281,6 +292,31 @@ class HijackingServer(Role):
             inference=reconstruct(decoder, scored) if len(scored) else np.zeros((0, 1, 28, 28)),
             decoder_history=history,
         )
+
+    def _surrogate(self, x: np.ndarray, y: np.ndarray, seed: int) -> torch.nn.Module:
+        """A passive server without the owners' segment: it trains a segment of the same
+        architecture (with its own f2) on its public labelled images for the task, and
+        inverts through that instead."""
+        torch.manual_seed(seed)
+        segment, head = split_parts(self.scenario)
+        net = torch.nn.Sequential(segment, head)
+        optimiser = torch.optim.Adam(net.parameters(), lr=self.params.lr_pilot)
+        generator = torch.Generator().manual_seed(seed)
+        xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
+        batch = self.scenario.training.batch_size
+        with self.run.phase(
+            "passive server's surrogate segment", self.params.decoder_epochs
+        ) as advance:
+            for _ in range(self.params.decoder_epochs):
+                order = torch.randperm(len(xt), generator=generator)
+                for start in range(0, len(order), batch):
+                    idx = order[start : start + batch]
+                    loss = torch.nn.functional.cross_entropy(net(xt[idx]), yt[idx])
+                    optimiser.zero_grad()
+                    loss.backward()
+                    optimiser.step()
+                advance()
+        return segment.eval()
 
     # -- 3. truth: the owners' images, known to the harness alone -------------------------
 
