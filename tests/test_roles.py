@@ -51,7 +51,7 @@ def test_every_role_is_one_folder_with_its_phases():
     folders = sorted(p for p in ROLES_DIR.iterdir() if (p / "role.py").exists())
     assert {p.name for p in folders} >= {
         "hidden_learning", "label_inference", "model_inversion", "perturbation_probe",
-        "property_inference"
+        "property_inference", "split_hijacking"
     }  # fmt: skip
     for folder in folders:
         assert (folder / "protocol.py").exists() and (folder / "report.py").exists(), folder
@@ -63,7 +63,8 @@ def test_every_role_is_one_folder_with_its_phases():
 
 
 @pytest.mark.parametrize("role", ["hidden_learning", "label_inference", "model_inversion",
-                                  "perturbation_probe", "property_inference"])  # fmt: skip
+                                  "perturbation_probe", "property_inference",
+                                  "split_hijacking"])  # fmt: skip
 def test_attack_modules_import_nothing_the_attacker_must_not_hold(role):
     path = ROLES_DIR / role / "attack.py"
     names = imported(path)

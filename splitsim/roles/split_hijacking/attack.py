@@ -43,8 +43,8 @@ from torch import nn
 
 from splitsim import seeds
 from splitsim.data.mnist import aux_images
-from splitsim.engine.split_training import split_parts
 from splitsim.models.split_cnn import SplitCNN, decoder_for, feature_map
+from splitsim.registry import MODELS
 from splitsim.scenario import Scenario
 
 
@@ -74,9 +74,10 @@ class Hijacker:
     def __init__(self, scenario: Scenario, device: torch.device) -> None:
         p = scenario.role.params
         self.p, self.device, self.hijack = p, device, p.server == "fsha"
-        split = scenario.models.split.params
+        spec = scenario.models.split  # the pilot has the owners' segment's shape
+        split = spec.params
         torch.manual_seed(seeds.int_seed(scenario.seed, "hijack.init"))
-        self.pilot = split_parts(scenario)[0].to(device)
+        self.pilot = MODELS.get(spec.name).build(split, (1, 28, 28), 10).client.to(device)
         self.decoder = decoder_for(split, p.decoder == "deep").to(device)
         self.critic = critic(split, p.critic_hidden).to(device)
         self.opt_pilot = torch.optim.Adam(
