@@ -44,6 +44,35 @@ def save_figure(fig: Any, path: Path, dpi: int = 110) -> None:
     write_atomic(path, buffer.getvalue())
 
 
+def image_grid(
+    rows: list[tuple[str, Any]], path: Path, title: str, *, cell: tuple[float, float] = (1.1, 1.25),
+    margin: float = 0.0, label_size: int = 7, wrap: int | None = None, dpi: int = 120,
+) -> None:  # fmt: skip
+    """Rows of 28x28 grey images, each row labelled on its left (originals above
+    reconstructions, as the papers show them), written atomically to ``path``."""
+    import textwrap
+
+    import numpy as np
+
+    plt = pyplot()
+    cols = max(len(images) for _, images in rows)
+    size = (cell[0] * cols + margin, cell[1] * len(rows))
+    fig, axes = plt.subplots(len(rows), cols, figsize=size, squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(np.asarray(images[c]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            if c == 0:
+                text = label if wrap is None else textwrap.fill(label, wrap)
+                ax.set_ylabel(text, fontsize=label_size, rotation=0, ha="right", va="center")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    save_figure(fig, path, dpi=dpi)
+
+
 def pct(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}%"
 

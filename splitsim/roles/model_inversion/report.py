@@ -5,16 +5,21 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
-from splitsim.reporting import class_counts_section, defences_text, pct, pyplot, wire_section
+from splitsim.reporting import (
+    class_counts_section,
+    defences_text,
+    image_grid,
+    pct,
+    pyplot,
+    wire_section,
+)
 from splitsim.runs import write_atomic
 
 
 def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
     """One example per class, like the paper's figures: originals above reconstructions."""
-    plt = pyplot()
     rows = [("original (inference)", plots["originals"]), ("reconstructed", plots["inference"])]
     for b, images in (plots.get("sweep") or {}).items():
         if float(b) > 0:
@@ -24,21 +29,7 @@ def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
             ("original (training)", plots["training_originals"]),
             ("reconstructed", plots["training"]),
         ]
-    cols = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols, 1.25 * len(rows)), squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                ax.imshow(np.asarray(images[c]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    image_grid(rows, path, title)
 
 
 def plot_training(metrics: dict, path: Path) -> None:

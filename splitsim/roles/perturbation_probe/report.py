@@ -4,35 +4,17 @@ styles.png (one digit class across writers: does slant and stroke width carry ov
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
 from rich.table import Table
 
-from splitsim.reporting import pct, pyplot, save_figure, wire_section
+from splitsim.reporting import image_grid, pct, wire_section
 from splitsim.runs import write_atomic
 
 
 def _grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str) -> None:
-    plt = pyplot()
-    cols = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(
-        len(rows), cols, figsize=(1.0 * cols + 1.6, 1.1 * len(rows)), squeeze=False
-    )
-    for r, (label, images) in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                ax.imshow(np.asarray(images[c]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
-            if c == 0:
-                text = textwrap.fill(label, 24)
-                ax.set_ylabel(text, fontsize=6, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path)
+    image_grid(rows, path, title, cell=(1.0, 1.1), margin=1.6, label_size=6, wrap=24, dpi=110)
 
 
 def console_table(metrics: dict) -> Table:

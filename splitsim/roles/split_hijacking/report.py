@@ -7,10 +7,9 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import numpy as np
 from rich.table import Table
 
-from splitsim.reporting import defences_text, pct, pyplot, save_figure, wire_section
+from splitsim.reporting import defences_text, image_grid, pct, pyplot, save_figure, wire_section
 from splitsim.runs import write_atomic
 
 
@@ -23,27 +22,13 @@ def _quality(row: dict) -> str:
 
 def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
     """Originals above reconstructions: the first kept batch, the last ones, inference."""
-    plt = pyplot()
     rows = [
         ("first kept batch", plots["early_originals"]), ("reconstructed", plots["early"]),
         ("last kept batches", plots["originals"]), ("reconstructed", plots["reconstructed"]),
         ("inference", plots["inference_originals"]), ("reconstructed", plots["inference"]),
     ]  # fmt: skip
     rows = [(label, images) for label, images in rows if len(images)]
-    cols = max(len(images) for _, images in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(1.1 * cols, 1.25 * len(rows)), squeeze=False)
-    for r, (label, images) in enumerate(rows):
-        for c in range(cols):
-            ax = axes[r][c]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if c < len(images):
-                ax.imshow(np.asarray(images[c]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=120)
+    image_grid(rows, path, title)
 
 
 def plot_progress(metrics: dict, path: Path) -> None:
