@@ -21,6 +21,10 @@ the phase); the wire log records each one:
   before it is sent.
 - ``infer``: the final weights; the node replies with the (defended) intermediate tensors of
   its test images. ``collude``: the colluding node hands over its segment and images.
+- A role's server may answer batches its own way (``SplitSetting.adversary``: a hijacking
+  server returns another gradient than the task's). An owner running a ``detector`` defence
+  (SplitGuard) sends some batches with changed labels, keeps the gradients it gets back, and
+  when the detector fires replies ``stopped`` and answers nothing more; the server drops it.
 
 Schedules: ``parallel`` (SplitFed: every node in every step, f2 updated on each node's batch in
 node order, f1 copies averaged by FedAvg, weighted by data size, after each round) and
@@ -267,16 +271,8 @@ def _handle(
             fake = guard is not None and _fake(scenario, guard, pid, rnd, step - 1, steps)
             if guard is not None and _sent_before(rnd, step - 1, steps) >= guard.params.start:
                 # SplitGuard keeps the first layer's gradient: fakes apart, regulars in R1/R2
-                kind = (
-                    "fake"
-                    if fake
-                    else ("r1", "r2")[
-                        int(
-                            seeds.rng(scenario.seed, "splitguard.half", pid, rnd, step).random()
-                            < 0.5
-                        )
-                    ]
-                )
+                half = seeds.rng(scenario.seed, "splitguard.half", pid, rnd, step).random()
+                kind = "fake" if fake else ("r1" if half < 0.5 else "r2")
                 first = next(state.model.parameters()).grad.numpy()
                 guard.record(Path(state_dir), pid, first, kind, (rnd, step - 1))
                 if fake and guard.verdict(Path(state_dir), pid):
