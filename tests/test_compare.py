@@ -257,6 +257,10 @@ def test_bad_matrix_is_one_line_and_exit_2(tmp_path, capsys):
             {**data, "roles": [{**HIDDEN, "set": ["training.epochz=3"]}]},
             "training.epochz: unknown field",
         ),
+        "one role twice, unnamed": (
+            {**data, "roles": [HIDDEN, HIDDEN]},
+            "roles.1.label: 'hidden_learning' names another entry too",
+        ),
     }
     for name, (content, expected) in cases.items():
         path.write_text(yaml.safe_dump(content))

@@ -40,12 +40,12 @@ def rows(matrix: Matrix, cells: list[Cell], records: dict[str, dict]) -> list[di
     for cell in cells:
         record = records.get(cell.id)
         if cell.params == "-" and record and record.get("status") == "ok":
-            baseline[(cell.role, cell.attacker, cell.seed)] = record["summary"]
+            baseline[(cell.shown, cell.attacker, cell.seed)] = record["summary"]
     out = []
     for cell in cells:
         row: dict = {c: "" for c in COLUMNS}
         row |= {
-            "role": cell.role,
+            "role": cell.shown,
             "defence": cell.defence,
             "parameters": cell.params,
             "attacker": cell.attacker,
@@ -78,7 +78,7 @@ def rows(matrix: Matrix, cells: list[Cell], records: dict[str, dict]) -> list[di
                 "epsilon": record.get("epsilon", ""),
                 "wall_s": record.get("wall_s"),
             }
-            base = baseline.get((cell.role, cell.attacker, cell.seed))
+            base = baseline.get((cell.shown, cell.attacker, cell.seed))
             if base is None:
                 row["note"] = "no undefended cell to score against"
             else:

@@ -46,6 +46,9 @@ class Strict(BaseModel):
 class RoleEntry(Strict):
     scenario: str = Field(description="a scenario file, relative to the matrix file")
     set: list[str] = Field([], description="--set overrides applied to it, e.g. training.epochs=5")
+    label: str | None = Field(
+        None, min_length=1, description="its name in the tables (default: the role's name)"
+    )
 
 
 class DefenceEntry(Strict):
@@ -93,10 +96,15 @@ class Cell:
     scenario: dict | None
     reason: str | None
     id: str
+    label: str = ""  # the role entry's name in the tables (two entries may share a role)
+
+    @property
+    def shown(self) -> str:
+        return self.label or self.role
 
     @property
     def key(self) -> str:
-        return f"{self.role} / {self.defence} / {self.attacker} / seed {self.seed}"
+        return f"{self.shown} / {self.defence} / {self.attacker} / seed {self.seed}"
 
 
 def describe_defences(use: list[Plugin]) -> str:
@@ -198,10 +206,17 @@ def expand(matrix: Matrix, matrix_path: str | Path) -> list[Cell]:
     """Every cell, in matrix order: role, then defence, then attacker, then seed."""
     source = str(matrix_path)
     cells: list[Cell] = []
+    shown: set[str] = set()
     for i, entry in enumerate(matrix.roles):
         base = _role_base(entry, i, Path(matrix_path), source)
         role_name = base["role"]["name"]
         role = ROLES.get(role_name)
+        if (entry.label or role_name) in shown:
+            raise ScenarioError(
+                source, f"roles.{i}.label",
+                f"{entry.label or role_name!r} names another entry too; give each a label",
+            )  # fmt: skip
+        shown.add(entry.label or role_name)
         for defence in matrix.defences:
             use = [{"name": p.name, **(p.model_extra or {})} for p in defence.use]
             for attacker in matrix.attackers:
@@ -251,6 +266,7 @@ def expand(matrix: Matrix, matrix_path: str | Path) -> list[Cell]:
                             scenario=resolved,
                             reason=reason,
                             id=ident,
+                            label=entry.label or role_name,
                         )
                     )
     return cells
