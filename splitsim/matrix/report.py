@@ -9,6 +9,7 @@ import csv
 import html
 import io
 import math
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -410,12 +411,14 @@ def write(folder: Path, matrix: Matrix, cells: list[Cell], records: dict[str, di
     pictures = {"heatmap": "heatmap.png"}
     heatmap(groups, folder / "heatmap.png")
     for role in dict.fromkeys(g["role"] for g in groups):
+        # a labelled entry ("model_inversion (intercepting owner)") names a file without spaces
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", role).strip("_")
         if any(g["role"] == role and g["status"] == "ok" for g in groups):
-            pictures[role] = f"privacy_utility_{role}.png"
+            pictures[role] = f"privacy_utility_{name}.png"
             privacy_utility(groups, role, folder / pictures[role])
         if any(g["role"] == role and g["status"] == "ok" and g["epsilon"] is not None
                for g in groups):  # fmt: skip
-            pictures[f"epsilon {role}"] = f"leakage_epsilon_{role}.png"
+            pictures[f"epsilon {role}"] = f"leakage_epsilon_{name}.png"
             leakage_epsilon(groups, role, folder / pictures[f"epsilon {role}"])
     write_atomic(folder / "report.md", markdown(matrix, groups, pictures))
     write_atomic(folder / "report.html", html_page(matrix, groups, folder, pictures))
