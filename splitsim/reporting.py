@@ -55,6 +55,14 @@ def image_grid(
     import numpy as np
 
     plt = pyplot()
+    rows = [(label, images) for label, images in rows if len(images)]
+    if not rows:  # nothing reached the attacker: say so rather than draw an empty grid
+        fig, ax = plt.subplots(figsize=(4, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no images to show", ha="center", va="center")
+        fig.suptitle(title, fontsize=9)
+        save_figure(fig, path, dpi=dpi)
+        return
     cols = max(len(images) for _, images in rows)
     size = (cell[0] * cols + margin, cell[1] * len(rows))
     fig, axes = plt.subplots(len(rows), cols, figsize=size, squeeze=False)

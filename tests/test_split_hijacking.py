@@ -91,6 +91,14 @@ def test_fake_batches_change_every_label_they_cover():
     assert not guard.is_fake(np.random.default_rng(0), batches_before=19)  # before start (20)
 
 
+def test_a_report_with_nothing_to_show_says_so(tmp_path):
+    from splitsim.reporting import image_grid
+
+    empty = np.zeros((0, 1, 28, 28))
+    image_grid([("kept", empty), ("reconstructed", empty)], tmp_path / "g.png", "nothing kept")
+    assert (tmp_path / "g.png").stat().st_size > 0
+
+
 def test_the_conv_cut_sends_a_feature_map_that_the_decoder_and_critic_read():
     params = SplitCNN.Params(channels=[8, 16], cut="conv")
     parts = SplitCNN.build(params, (1, 28, 28), 10)
@@ -99,6 +107,10 @@ def test_the_conv_cut_sends_a_feature_map_that_the_decoder_and_critic_read():
     assert parts.server(z).shape == (3, 10)
     assert decoder_for(params, deep=False)(z).shape == (3, 1, 28, 28)
     assert critic(params, 64)(z).shape == (3, 1)
+    for channels in ([8], [8, 16, 16], [4, 4, 4, 4]):  # the decoder reaches 28x28 from any depth
+        deeper = SplitCNN.Params(channels=channels, cut="conv")
+        z = SplitCNN.build(deeper, (1, 28, 28), 10).client(torch.rand(2, 1, 28, 28))
+        assert decoder_for(deeper, deep=False)(z).shape == (2, 1, 28, 28), channels
     linear = SplitCNN.Params()
     assert critic(linear, 64)(torch.rand(3, 500)).shape == (3, 1)
 
@@ -112,6 +124,8 @@ def test_the_conv_cut_sends_a_feature_map_that_the_decoder_and_critic_read():
         (["role.server=honest", "role.schedule=sequential"], "role.schedule"),
         (["defences=[{name: splitguard, p_fake: 1.5}]"], "defences.0.p_fake"),
         (["role.pilot_lr=0.1"], "role.pilot_lr"),
+        (["role.decoder=deep"], "role.decoder"),
+        (["defences=[{name: splitguard}, {name: splitguard, p_fake: 0.2}]"], "defences"),
     ],
 )
 def test_impossible_hijacking_settings_get_one_line_and_exit_2(tmp_path, capsys, sets, field):

@@ -262,18 +262,21 @@ def _handle(
                 setting.keep(scenario, state_dir, pid, rnd, step - 1, steps, idx, received)
             grad = torch.from_numpy(received)
             # The server's gradient carries the task loss; NoPeek adds the owner's own term.
-            loss = (z * grad).sum()
-            for defence in chosen:
-                if defence.stage == "loss":
-                    loss = loss + defence.loss(x, z)
-            state.optimizer.zero_grad()
-            loss.backward()
+            served = (z * grad).sum()
+            local = [d.loss(x, z) for d in chosen if d.stage == "loss"]
             fake = guard is not None and _fake(scenario, guard, pid, rnd, step - 1, steps)
-            if guard is not None and _sent_before(rnd, step - 1, steps) >= guard.params.start:
+            watched = guard is not None and _sent_before(rnd, step - 1, steps) >= guard.params.start
+            first_weights = next(state.model.parameters())
+            server_part = None
+            if watched and local:  # SplitGuard judges what the server sent, not its own terms
+                server_part = torch.autograd.grad(served, first_weights, retain_graph=True)[0]
+            state.optimizer.zero_grad()
+            sum([served, *local]).backward()
+            if watched:
                 # SplitGuard keeps the first layer's gradient: fakes apart, regulars in R1/R2
                 half = seeds.rng(scenario.seed, "splitguard.half", pid, rnd, step).random()
                 kind = "fake" if fake else ("r1" if half < 0.5 else "r2")
-                first = next(state.model.parameters()).grad.numpy()
+                first = (first_weights.grad if server_part is None else server_part).numpy()
                 guard.record(Path(state_dir), pid, first, kind, (rnd, step - 1))
                 if fake and guard.verdict(Path(state_dir), pid):
                     stopped.write_text(f"{rnd} {step - 1}")

@@ -114,10 +114,13 @@ class FeatureMapDecoder(nn.Module):
         self.shape = shape
         channels, side, _ = shape
         grown = 2 * side  # after the 2x upsampling
-        layers: list[nn.Module] = [nn.ConvTranspose2d(channels, 32, 2, stride=2), nn.ReLU()]
-        for _ in range((28 - grown) // 2 - 2):  # each 3x3 transposed convolution adds 2
-            layers += [nn.ConvTranspose2d(32, 32, 3), nn.ReLU()]
-        layers += [nn.ConvTranspose2d(32, 16, 3), nn.ReLU(), nn.ConvTranspose2d(16, 1, 3)]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(channels, 32, 2, stride=2)]
+        steps = (28 - grown) // 2  # each 3x3 transposed convolution adds 2 pixels
+        widths = ([32] * max(0, steps - 2) + [16, 1])[-steps:]
+        previous = 32
+        for width in widths:
+            layers += [nn.ReLU(), nn.ConvTranspose2d(previous, width, 3)]
+            previous = width
         layers.append(nn.Sigmoid())
         self.layers = nn.Sequential(*layers)
 

@@ -69,7 +69,7 @@ def critic(params: SplitCNN.Params, hidden: int) -> nn.Module:
 
 class Hijacker:
     """The server's side of FSHA (or of the honest server, ``server: honest``): answers every
-    owner batch and records the tensors it receives every ``record_every`` batches."""
+    owner batch and records the tensor of each owner's every ``record_every``-th batch."""
 
     def __init__(self, scenario: Scenario, device: torch.device) -> None:
         p = scenario.role.params
@@ -100,14 +100,14 @@ class Hijacker:
         pid: int, rnd: int, step: int, ids: np.ndarray,
     ) -> np.ndarray:  # fmt: skip
         self.batches += 1
-        if self.batches % self.p.record_every == 0:
+        if step % self.p.record_every == 0:  # each owner's every n-th batch of a round
             for key, value in (("z", z.cpu().numpy()), ("ids", ids),
                                ("owner", np.full(len(ids), pid)),
                                ("step", np.full(len(ids), self.batches))):  # fmt: skip
                 self.recorded[key].append(np.asarray(value))
         if not self.hijack:
             return grad
-        g = self._train(z)
+        g = self._train(z, step)
         if self.p.adaptive and self._screened(out, y):
             self.honest_answers += 1
             return grad
@@ -121,7 +121,7 @@ class Hijacker:
         accuracy = float((out.argmax(1) == y).float().mean())
         return accuracy < self.p.screen
 
-    def _train(self, z: torch.Tensor) -> np.ndarray:
+    def _train(self, z: torch.Tensor, step: int) -> np.ndarray:
         """One FSHA step against the owner batch ``z``: the gradient of L_f, then the pilot,
         its inverse and the critic on one public batch."""
         zs = z.detach().clone().requires_grad_(True)
@@ -146,7 +146,7 @@ class Hijacker:
         self.opt_critic.zero_grad()
         critic_loss.backward()
         self.opt_critic.step()
-        if self.batches % self.p.record_every == 0:
+        if step % self.p.record_every == 0:
             self.losses.append({"batch": self.batches, "pilot_mse": float(rec.detach()),
                                 "critic": float(critic_loss.detach())})  # fmt: skip
         return g.cpu().numpy().astype(np.float32)

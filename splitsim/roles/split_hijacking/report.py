@@ -27,7 +27,6 @@ def plot_reconstructions(plots: dict, path: Path, title: str) -> None:
         ("last kept batches", plots["originals"]), ("reconstructed", plots["reconstructed"]),
         ("inference", plots["inference_originals"]), ("reconstructed", plots["inference"]),
     ]  # fmt: skip
-    rows = [(label, images) for label, images in rows if len(images)]
     image_grid(rows, path, title)
 
 

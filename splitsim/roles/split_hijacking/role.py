@@ -158,16 +158,25 @@ class HijackingServer(Role):
     def client_app(cls, scenario: Scenario, storage: str, keep: str | None = None):  # noqa: ANN206
         return client_app(scenario, storage, keep)
 
+    @classmethod
+    def attack_params_for(cls, scenario: Scenario) -> frozenset[str]:
+        """FSHA's inverse was trained during deployment: only what is scored can change."""
+        if scenario.role.params.server == "fsha":
+            return frozenset({"reconstructions"})
+        return cls.attack_params
+
     @staticmethod
     def summary(metrics: dict) -> dict:
         """The comparison matrix's numbers: the server's task accuracy; leakage as the
         reference classifier's accuracy on the last kept batches' reconstructions (headline)
         and their SSIM; then SplitGuard's detection rate where the owners ran it."""
         u, last = metrics["utility"], metrics["leakage"]["last"]
+        # a server that kept nothing reconstructed nothing: no image read, no structure
+        read = last["reference_accuracy"] if last["images"] else 0.0
         rows = [
-            {"name": "reference accuracy on reconstructions", "value": last["reference_accuracy"],
-             "chance": last["chance"]},
-            {"name": "SSIM", "value": last["ssim"], "chance": 0.0},
+            {"name": "reference accuracy on reconstructions", "value": read,
+             "chance": last["chance"] if last["images"] else 0.1},
+            {"name": "SSIM", "value": last["ssim"] if last["images"] else 0.0, "chance": 0.0},
         ]  # fmt: skip
         guard = metrics.get("detector")
         if guard:
@@ -192,6 +201,14 @@ class HijackingServer(Role):
                 source, "role.adaptive",
                 "the adaptive server is FSHA evading splitguard: needs role.server: fsha and a "
                 "splitguard defence (set adaptive: false)",
+            )  # fmt: skip
+        if sum(spec.name == "splitguard" for spec in scenario.defences) > 1:
+            raise ScenarioError(source, "defences", "at most one splitguard per owner")
+        if p.decoder == "deep" and scenario.models.split.params.cut == "conv":
+            raise ScenarioError(
+                source, "role.decoder",
+                "'deep' is papers/003's decoder for the linear cut; the conv cut has its own "
+                "(set decoder: paper)",
             )  # fmt: skip
         if p.server == "honest" and p.schedule != "parallel":
             raise ScenarioError(
@@ -349,8 +366,9 @@ class HijackingServer(Role):
             )
 
             def leakage(x: np.ndarray, recon: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-                if not len(x):
-                    return {"images": 0}
+                if not len(x):  # nothing of this kind reached the server
+                    return {"images": 0, "mse": None, "psnr": None, "ssim": None,
+                            "reference_accuracy": None, "chance": None}  # fmt: skip
                 return {**image_quality(x, recon), "images": len(x),
                         "reference_accuracy": accuracy(predict(judge, recon), y),
                         "chance": majority_rate(y)}  # fmt: skip
