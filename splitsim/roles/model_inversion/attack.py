@@ -52,11 +52,11 @@ def train_decoder(
     seed: int,
     device: str = "cpu",
     deep: bool = False,
-    decoder: nn.Module | None = None,
+    decoder: Callable[[], nn.Module] | None = None,
     on_epoch: Callable[[dict[str, float]], None] | None = None,
 ) -> tuple[nn.Module, list[dict[str, float]]]:
     """Fit g: z -> x on (f1(x), x), or on (defend(f1(x)), x) for an adaptive attacker (fresh
-    draws every batch); keep the epoch with the best validation MSE. ``decoder``: another
+    draws every batch); keep the epoch with the best validation MSE. ``decoder`` builds another
     architecture than papers/003's."""
     torch.manual_seed(seed)
     z_aux = torch.from_numpy(intermediates(segment, aux))
@@ -64,10 +64,13 @@ def train_decoder(
     if defend is not None:
         # One fixed defended copy of the validation set, so epochs are compared on equal terms.
         z_val = defend(z_val)
+    # built after the seed, so the same seed gives the same decoder
     if decoder is None:  # papers/003's attack model
-        decoder = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:]), deep)
+        model = InversionDecoder(z_aux.shape[1], tuple(aux.shape[1:]), deep)
+    else:
+        model = decoder()
     return fit_decoder(
-        decoder, z_aux, torch.from_numpy(aux), z_val, val,
+        model, z_aux, torch.from_numpy(aux), z_val, val,
         epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
         transform=None if defend is None else lambda z: torch.from_numpy(defend(z.numpy())),
         on_epoch=on_epoch,

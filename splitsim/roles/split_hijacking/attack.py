@@ -89,6 +89,10 @@ class Hijacker:
             aux_images("same", d.root, p.aux_size, 0, None, scenario.seed, d.download).x
         )
         self.rng = seeds.rng(scenario.seed, "hijack.public_batches")
+        # the critic's interpolation draws: a generator of its own, whatever else runs
+        self.mixing = torch.Generator(device=device).manual_seed(
+            seeds.int_seed(scenario.seed, "hijack.init", 1)
+        )
         self.batch = scenario.training.batch_size
         self.batches = 0  # owner batches answered
         self.honest_answers = 0  # of them, answered with the task gradient
@@ -135,7 +139,7 @@ class Hijacker:
         self.opt_pilot.step()
         z_pub, z_priv = z_pub.detach(), z.detach()
         n = min(len(z_pub), len(z_priv))
-        mix = torch.rand(n, 1, device=self.device)
+        mix = torch.rand(n, 1, device=self.device, generator=self.mixing)
         between = (mix * z_pub[:n] + (1 - mix) * z_priv[:n]).requires_grad_(True)
         slope = torch.autograd.grad(self.critic(between).sum(), between, create_graph=True)[0]
         penalty = ((slope.norm(dim=1) - 1) ** 2).mean()

@@ -301,7 +301,7 @@ class HijackingServer(Role):
                     segment, own.x, own.x_val, defend=None, epochs=p.decoder_epochs,
                     batch_size=t.batch_size, lr=p.lr_pilot, seed=seed,
                     device=resolve_device(self.scenario.engine),
-                    decoder=decoder_for(split, p.decoder == "deep"), on_epoch=advance,
+                    decoder=lambda: decoder_for(split, p.decoder == "deep"), on_epoch=advance,
                 )  # fmt: skip
         scored = received.inference_z[: p.reconstructions]
         return HijackOutput(
