@@ -57,7 +57,7 @@ CASES = {
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
         "defences.0.name: unknown defence 'lapalce'; "
         "allowed: dp_sgd, gradient_noise, input_noise, laplace, marvell, nopeek, query_budget, "
-        "randomised_response, rounding, update_noise, weight_noise",
+        "randomised_response, rounding, splitguard, update_noise, weight_noise",
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),
