@@ -219,7 +219,8 @@ def test_a_failing_cell_is_recorded_and_the_rest_finish(tmp_path):
     # A network no machine can hold: 10^7 x 10^7 weights are 400 TB, past any address space, so
     # the allocation fails at once whatever the memory overcommit policy. The scenario is valid.
     too_big = "models.official.hidden=[1, 10000000, 10000000]"
-    broken = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2", too_big]}
+    broken = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2", too_big],
+              "label": "hidden_learning (too big)"}  # fmt: skip
     fine = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2"]}
     path = write_matrix(tmp_path / "matrix.yaml", [fine, broken], DEFENCES[:1])
     out = tmp_path / "out"
