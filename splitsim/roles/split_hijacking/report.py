@@ -36,10 +36,12 @@ def plot_progress(metrics: dict, path: Path) -> None:
     plt = pyplot()
     rows = [r for r in metrics["leakage"]["per_batch"] if r.get("images")]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    batches = [r["batch"] for r in rows]
-    ax.plot(batches, [r["ssim"] for r in rows], "o-", ms=3, label="SSIM")
-    ax.plot(batches, [r["reference_accuracy"] for r in rows], "s-", ms=3,
-            label="reference classifier accuracy")  # fmt: skip
+    for owner in sorted({r["owner"] for r in rows}):  # each owner's segment is hijacked apart
+        mine = [r for r in rows if r["owner"] == owner]
+        batches = [r["batch"] for r in mine]
+        ax.plot(batches, [r["ssim"] for r in mine], "o-", ms=3, label=f"SSIM, owner {owner}")
+        ax.plot(batches, [r["reference_accuracy"] for r in mine], "s--", ms=3,
+                label=f"reference classifier, owner {owner}")  # fmt: skip
     guard = metrics.get("detector") or {}
     for pid, owner in (guard.get("owners") or {}).items():
         if owner["stopped"]:

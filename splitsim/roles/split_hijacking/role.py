@@ -378,7 +378,8 @@ class HijackingServer(Role):
             for b in batches:
                 mask = received.kept_batch == b
                 row = leakage(truth.x_kept[mask], output.kept[mask], truth.y_kept[mask])
-                per_batch.append({"batch": int(b), **row})
+                owner = int(received.kept_owner[mask][0])
+                per_batch.append({"batch": int(b), "owner": owner, **row})
             last = np.isin(received.kept_batch, batches[-LAST:])
             leak = {
                 "last": leakage(truth.x_kept[last], output.kept[last], truth.y_kept[last])
