@@ -1,13 +1,102 @@
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 # Tests must pass the same on any machine: keep Ray quiet and local.
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--private-ray",
+        action="store_true",
+        help="start a private local Ray in every run, as a user's run does by default, instead "
+        "of one shared loopback Ray per test worker",
+    )
+
+
+def ray_ready(address: str) -> bool:
+    """Whether a Ray head answers at ``address``, asked from a separate process."""
+    code = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
+    try:
+        subprocess.run([sys.executable, "-c", code, address], capture_output=True, check=True,
+                       timeout=60)  # fmt: skip  # ray.init waits for ever on a silent address
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def loopback_head(cpus: int = 2) -> Iterator[str]:
+    """A Ray head on loopback (``ray start --head --block``), its address while it runs; ending
+    the ``ray start`` process group stops it and its processes, and only those (``ray stop``
+    would stop every Ray on the machine, another test worker's too)."""
+    from splitsim.engine.deployment import free_port
+
+    port = free_port()
+    # Ray's socket paths live in its temp dir and must stay under the 107-character limit.
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats",
+         f"--temp-dir={temp}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+    )  # fmt: skip
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while not ray_ready(address):
+            if time.monotonic() > deadline or head.poll() is not None:
+                raise RuntimeError("the Ray head did not come up")
+            time.sleep(1)
+        yield address
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)  # --block: ending it stops the head's processes
+        head.wait(timeout=60)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def shared_ray(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """One loopback Ray per test worker, which every end-to-end run joins through
+    ``RAY_ADDRESS`` (engine/simulation.py ``cluster_address``) instead of starting and stopping
+    a Ray of its own: about 5 s of start-up and shutdown per run on an idle 2-core machine,
+    twice that when both workers run. Runs are the same either way (tests/test_flower_speed.py
+    and the determinism tests compare metrics); ``--private-ray`` runs the suite as users run,
+    and the loopback and telemetry checks of tests/test_hardening.py always do."""
+    if request.config.getoption("--private-ray") or os.environ.get("RAY_ADDRESS"):
+        yield os.environ.get("RAY_ADDRESS")
+        return
+    with loopback_head() as address:
+        os.environ["RAY_ADDRESS"] = address
+        try:
+            yield address
+        finally:
+            del os.environ["RAY_ADDRESS"]
+
+
+@pytest.fixture
+def ray_head() -> Iterator[str]:
+    """A Ray head of the test's own, stopped after it."""
+    with loopback_head() as address:
+        yield address
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # only the slow tier runs scenarios: the quick tier starts no Ray
+    for item in items:
+        if item.get_closest_marker("slow") is not None:
+            item.fixturenames.insert(0, "shared_ray")
 
 
 @pytest.fixture

@@ -54,8 +54,9 @@ def test_a_run_listens_on_loopback_only_and_sends_no_telemetry(tmp_path):
     args = [sys.executable, "-m", "splitsim", "run", str(COVID), "--out", str(tmp_path / "r")]
     for expr in SMALL:
         args += ["--set", expr]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_USAGE_STATS_ENABLED", "FLWR_TELEMETRY_ENABLED")}  # fmt: skip
+    # as a user runs it: its own local Ray, not the test worker's shared one (conftest.py)
+    unset = ("RAY_USAGE_STATS_ENABLED", "FLWR_TELEMETRY_ENABLED", "RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     root = psutil.Process(proc.pid)
     own_cmd = root.cmdline()

@@ -4,20 +4,14 @@ small federated scenario attached to it through ``engine.ray_address``, then the
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from splitsim.cli import main
-from splitsim.engine.deployment import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_FL = [
@@ -47,35 +41,6 @@ def ray_jobs(address: str) -> list[dict]:
         timeout=60,  # ray.init waits for ever on an address nobody listens on
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
-
-
-@pytest.fixture
-def ray_head():
-    port = free_port()
-    # Ray's socket paths live in its temp dir and must stay under the 107-character limit.
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         "--num-cpus=2", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )  # fmt: skip
-    address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            ray_jobs(address)
-            break
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            if time.monotonic() > deadline or head.poll() is not None:
-                head.kill()
-                pytest.fail("the Ray head did not come up")
-            time.sleep(1)
-    yield address
-    os.killpg(head.pid, signal.SIGTERM)  # --block: ending it stops the head and its processes
-    head.wait(timeout=60)
-    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
@@ -181,3 +146,19 @@ def test_federated_clients_train_on_their_gpu_share(tmp_path):
     (results,) = out.rglob("results.json")
     m = json.loads(results.read_text())["metrics"]
     assert m["attackers"][0]["scored_rounds"] == 3
+
+
+def test_ray_address_in_the_environment_is_joined_unless_the_scenario_says_otherwise(
+    monkeypatch,
+):
+    from splitsim.engine.simulation import backend_config
+    from splitsim.scenario import Engine
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert backend_config(Engine())["init_args"]["address"] == "local"
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6380")
+    assert backend_config(Engine())["init_args"]["address"] == "127.0.0.1:6380"
+    named = Engine(ray_address="10.0.0.1:6379")
+    assert backend_config(named)["init_args"]["address"] == "10.0.0.1:6379"
+    local = backend_config(Engine(ray_cpus=1))["init_args"]  # sized here: a local Ray
+    assert local["address"] == "local" and local["num_cpus"] == 1

@@ -14,12 +14,25 @@ from flwr.serverapp import ServerApp
 from splitsim.scenario import Engine
 
 
+def cluster_address(configured: str | None, sized_locally: bool = False) -> str | None:
+    """The existing Ray cluster a run joins: the one its settings name, else the one the
+    environment's ``RAY_ADDRESS`` names (Ray's own convention, which ``ray start`` prints),
+    unless the settings size a local Ray; None: start a private local Ray."""
+    if configured is not None:
+        return configured
+    if sized_locally:
+        return None
+    return os.environ.get("RAY_ADDRESS") or None
+
+
 def backend_config(engine: Engine) -> dict:
     """Flower's Ray backend settings: per-client resources, and either a local Ray (capped to
-    ``ray_cpus``) or, with ``ray_address``, an existing cluster, which keeps its own size."""
+    ``ray_cpus``) or, with ``ray_address`` (or ``RAY_ADDRESS``), an existing cluster, which
+    keeps its own size."""
     init_args: dict = {"log_to_driver": False, "include_dashboard": False}
-    if engine.ray_address is not None:
-        init_args["address"] = engine.ray_address
+    address = cluster_address(engine.ray_address, engine.ray_cpus is not None)
+    if address is not None:
+        init_args["address"] = address
     else:
         # Without it ray.init() joins whatever cluster `ray start` last recorded on this
         # machine (and hangs if that cluster has died): a local run must stay local.
@@ -75,7 +88,7 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
         host.serve(server_app, nodes)  # each SuperNode builds its own ClientApp
         return
     telemetry_defaults()
-    if engine.ray_address is None:
+    if cluster_address(engine.ray_address, engine.ray_cpus is not None) is None:
         local_only_ray()
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 

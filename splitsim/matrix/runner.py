@@ -165,10 +165,16 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
             todo[cell.id] = cell
     if not todo:
         return records
-    from splitsim.engine.simulation import local_only_ray, quiet_flower, telemetry_defaults
+    from splitsim.engine.simulation import (
+        cluster_address,
+        local_only_ray,
+        quiet_flower,
+        telemetry_defaults,
+    )
 
     telemetry_defaults()
-    if matrix.ray_address is None:
+    address = cluster_address(matrix.ray_address)
+    if address is None:
         local_only_ray()
     user_ray = {k: v for k, v in os.environ.items() if k.startswith("RAY_")}
     import ray
@@ -177,7 +183,7 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
-            address=matrix.ray_address or "local",  # never a stale `ray start` cluster
+            address=address or "local",  # never a stale `ray start` cluster
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
