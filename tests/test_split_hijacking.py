@@ -26,8 +26,10 @@ from splitsim.roles.split_hijacking.attack import critic
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "split_hijacking.yaml"
-# one epoch of the 40,000 training images: 626 owner batches, where FSHA has taken hold
-SMALL = ["training.epochs=1", "deployment.users=400", "role.aux_size=2000", "role.val_size=500",
+# one epoch of 20,000 training images, 314 owner batches, at the owners' Adam rate 3e-4 (the
+# scenario's is 1e-4, over 2 epochs of 40,000): FSHA takes hold after about 200 batches here
+SMALL = ["training.epochs=1", "dataset.train_limit=20000", "training.lr=0.0003",
+         "deployment.users=400", "role.aux_size=2000", "role.val_size=500",
          "role.decoder_epochs=4", "role.record_every=5", "role.reconstructions=400"]  # fmt: skip
 TINY = [*SMALL, "dataset.train_limit=640", "deployment.users=100"]
 GUARD = "defences=[{name: splitguard}]"
@@ -236,8 +238,11 @@ def test_splitguard_stops_fsha_and_not_the_honest_server(runs):
 def test_the_adaptive_server_answers_fakes_honestly_and_is_not_stopped(runs):
     m = runs["adaptive_guarded"]["metrics"]
     assert m["detector"]["stopped"] == 0, m["detector"]
-    fakes = sum(o["gradients_kept"][0] for o in m["detector"]["owners"].values())
-    assert m["attack"]["honest_answers"] >= 100 + 0.8 * fakes  # warm-up, then most fakes
+    # the server's first 100 answers (its warm-up) are each owner's first 50 batches (two owners
+    # in parallel); of the fakes after those, it must answer most with the task gradient
+    late = [b for o in m["detector"]["owners"].values() for _, b in o["fake_at"] if b > 50]
+    assert len(late) >= 20, m["detector"]
+    assert m["attack"]["honest_answers"] >= 100 + 0.8 * len(late)
     stopped = runs["fsha_guarded"]["metrics"]["leakage"]["last"]
     last = m["leakage"]["last"]
     assert last["ssim"] > stopped["ssim"] + 0.1, (last, stopped)
