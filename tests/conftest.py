@@ -13,6 +13,12 @@ import pytest
 
 # Tests must pass the same on any machine: keep Ray quiet and local.
 os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+# Two test workers share the CI's 2 cores, each with a driver and its Ray actors (one thread
+# each, as Ray sets): a driver on every core as well oversubscribes them, and torch's
+# OpenMP threads then spin against each other. Read by torch when it is first imported (and
+# by numba, which dcor imports: numba's own default would set torch's threads back to 2).
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
