@@ -68,7 +68,8 @@ def loopback_head(cpus: int = 2) -> Iterator[str]:
             time.sleep(1)
         yield address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # --block: ending it stops the head's processes
+        with contextlib.suppress(ProcessLookupError):  # a head that died has no group left
+            os.killpg(head.pid, signal.SIGTERM)  # --block: ending it stops the head's processes
         head.wait(timeout=60)
         shutil.rmtree(temp, ignore_errors=True)
 
@@ -84,19 +85,18 @@ def shared_ray(request: pytest.FixtureRequest) -> Iterator[str | None]:
     if request.config.getoption("--private-ray") or os.environ.get("RAY_ADDRESS"):
         yield os.environ.get("RAY_ADDRESS")
         return
-    head = loopback_head()
-    try:
-        address = head.__enter__()
-    except (RuntimeError, OSError) as error:  # every run starts its own Ray instead
-        warnings.warn(f"no shared Ray ({error}); runs start their own", stacklevel=2)
-        yield None
-        return
-    os.environ["RAY_ADDRESS"] = address
-    try:
-        yield address
-    finally:
-        del os.environ["RAY_ADDRESS"]
-        head.__exit__(None, None, None)
+    with contextlib.ExitStack() as stack:
+        try:
+            address = stack.enter_context(loopback_head())
+        except (RuntimeError, OSError) as error:  # every run starts its own Ray instead
+            warnings.warn(f"no shared Ray ({error}); runs start their own", stacklevel=2)
+            yield None
+            return
+        os.environ["RAY_ADDRESS"] = address
+        try:
+            yield address
+        finally:
+            del os.environ["RAY_ADDRESS"]
 
 
 @pytest.fixture

@@ -88,7 +88,8 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
         host.serve(server_app, nodes)  # each SuperNode builds its own ClientApp
         return
     telemetry_defaults()
-    if cluster_address(engine.ray_address, engine.ray_cpus is not None) is None:
+    config = backend_config(engine)
+    if config["init_args"]["address"] == "local":
         local_only_ray()
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 
@@ -101,5 +102,5 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
         server_app=server_app,
         client_app=ShippedApp(client_app),  # type: ignore[arg-type]  # unpickles as client_app
         num_supernodes=nodes,
-        backend_config=backend_config(engine),
+        backend_config=config,
     )
