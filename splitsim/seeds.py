@@ -67,6 +67,16 @@ PURPOSES: dict[str, int] = {
     "probe.decoder": 101,
     "probe.served_model": 102,
     "probe.served_input_noise": 103,
+    # malicious training code (papers/002 sec. 3; Song, Ristenpart, Shmatikov, CCS 2017)
+    "malicious.split": 150,
+    "malicious.init": 151,
+    "malicious.local_training": 152,
+    "malicious.supplier_key": 153,
+    "malicious.synthetic": 154,
+    "malicious.keystream": 155,
+    "malicious.weight_noise": 156,
+    "malicious.answer_noise": 157,
+    "probe.adaptive_defences": 104,
 }
 
 

@@ -30,14 +30,16 @@ adversary's signatures.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy.stats import binom
 from torch import nn
 
 from splitsim.decoding import fit_decoder
+from splitsim.defences.base import Defence, apply_stage
 from splitsim.models.probe_cnn import SignatureDecoder
 
 DIRECTION_KINDS = ("random", "centroid", "gradient")
@@ -118,31 +120,126 @@ def local_oracle(
     dirs: np.ndarray,
     batch: int = 512,
     device: str | torch.device = "cpu",
+    defences: Sequence[Defence] = (),
+    rng: np.random.Generator | None = None,
 ) -> Oracle:
     """The adversary's own copy of M on its own images: the same bit, computed locally.
     Small batches: 512 perturbed images a forward pass ran 2.2x faster than 8,192 here (the
     large ones spend their time allocating and faulting in fresh pages). ``device`` 'cuda'
     keeps a copy of M, the images and the directions on the GPU (scripts/gpu_check.py times
-    it); the role computes its signatures on the CPU, where its cache was made."""
+    it); the role computes its signatures on the CPU, where its cache was made.
+
+    ``defences`` (built, with ``rng``): the adaptive adversary's simulation of the data
+    owners' own, applied as their ClientApp does (protocol._handle): the budget per input,
+    then fresh input noise on every probe, then the answer's randomised response."""
     device = torch.device(device)
     if device.type != "cpu":
         model = copy.deepcopy(model).to(device)  # the caller's model stays where it is
     reference = _logits(model, x, device=device).argmax(1)
     dirs_t = torch.from_numpy(dirs).to(device)
     x_t = torch.from_numpy(x).to(device)
+    budgets = [d for d in defences if d.stage == "budget"]
+    noisy = any(d.stage == "input" for d in defences)
+    if defences and rng is None:
+        raise ValueError("simulated defences need a random generator")
+    spent = np.zeros(len(x), dtype=np.int64)
 
     @torch.no_grad()
     def ask(idx: np.ndarray, direction: np.ndarray, eps: np.ndarray) -> np.ndarray:
-        out = np.empty(len(idx), dtype=np.uint8)
-        for s in range(0, len(idx), batch):
-            i = torch.from_numpy(idx[s : s + batch]).to(device)
-            d = torch.from_numpy(direction[s : s + batch]).to(device)
-            e = torch.from_numpy(eps[s : s + batch]).to(device).view(-1, *([1] * (dirs.ndim - 1)))
-            top = model(x_t[i] + e * dirs_t[d]).argmax(1).cpu().numpy()
-            out[s : s + batch] = top != reference[idx[s : s + batch]]
+        out = np.full(len(idx), REFUSED, dtype=np.uint8)
+        answered = np.ones(len(idx), dtype=bool)
+        for budget in budgets:
+            answered &= budget.allowed(spent, idx)
+        where = np.flatnonzero(answered)
+        for s in range(0, len(where), batch):
+            part = where[s : s + batch]
+            i = torch.from_numpy(idx[part]).to(device)
+            d = torch.from_numpy(direction[part]).to(device)
+            e = torch.from_numpy(eps[part]).to(device).view(-1, *([1] * (dirs.ndim - 1)))
+            probe = x_t[i] + e * dirs_t[d]
+            if noisy:
+                noised = apply_stage(list(defences), "input", probe.cpu().numpy(), rng)
+                probe = torch.from_numpy(noised).to(device)
+            top = model(probe).argmax(1).cpu().numpy()
+            out[part] = top != reference[idx[part]]
+        if defences:
+            out[where] = apply_stage(list(defences), "answer", out[where], rng)
         return out
 
     return ask
+
+
+def majority_error(p: float, votes: int) -> float:
+    """Probability that the majority of ``votes`` answers, each flipped with probability
+    ``p`` independently (randomised response), is wrong: P(Binomial(votes, p) > votes / 2)."""
+    return float(binom.sf(votes // 2, votes, p))
+
+
+MAX_VOTES = 15
+VOTE_ERROR = 0.01  # the rule's target: at most 1 % of voted bits wrong
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the adversary probes one session: each query ``votes`` times, the first
+    ``directions`` directions."""
+
+    votes: int = 1
+    directions: int = 0
+
+    def to_json(self) -> dict[str, int]:
+        return {"votes": self.votes, "directions": self.directions}
+
+
+def plan(
+    defences: Sequence[Defence],
+    num_directions: int,
+    queries_per_direction: float,
+    votes: int | None = None,
+) -> Plan:
+    """The adaptive adversary's rule for spending its queries, from the defences' parameters.
+
+    - No randomised response: one vote, every direction; under a budget the search is cut
+      where the budget ends (the directions come out coarse, not wrong, and the decoder is
+      trained on equally cut signatures).
+    - Randomised response p, no budget: ``votes`` if given, else the smallest odd number of
+      votes whose majority is wrong at most 1 % of the time (p = 0.05: 3, p = 0.1: 5;
+      at most 15).
+    - Randomised response and a budget of B queries per input: a direction costs about
+      ``k * queries_per_direction`` (q, measured on the adversary's own images); among odd
+      vote counts k up to the number above it takes the one that maximises the expected
+      count of directions measured without a wrong bit, D(k) * (1 - e_k) ** q with
+      D(k) = min(directions, B // (k * q)) and e_k = :func:`majority_error`, and probes the
+      first D(k) directions (fewer, voted directions or more, noisy ones).
+    - ``votes`` given: that many in every case; under a budget the directions are fitted.
+    """
+    flips = [d.params.p for d in defences if d.stage == "answer" and hasattr(d.params, "p")]
+    budgets = [d.params.queries for d in defences if d.stage == "budget"]
+    budget, q = (min(budgets) if budgets else None), max(queries_per_direction, 1.0)
+
+    def fit(k: int) -> int:
+        if budget is None:
+            return num_directions
+        return max(2, int(min(num_directions, budget // (k * q))))
+
+    if votes is not None:  # the scenario's choice; only the directions are fitted
+        return Plan(votes, fit(votes))
+    if not flips:
+        return Plan(1, num_directions)
+    p = 0.0
+    for f in flips:  # two randomised responses in a row: a bit comes out wrong if one flips it
+        p = p * (1 - f) + f * (1 - p)
+    most = next(
+        (k for k in range(1, MAX_VOTES + 1, 2) if majority_error(p, k) <= VOTE_ERROR), MAX_VOTES
+    )
+    if budget is None:
+        return Plan(most, num_directions)
+
+    def value(k: int) -> float:
+        return fit(k) * (1 - majority_error(p, k)) ** q
+
+    best = max(range(1, most + 1, 2), key=lambda k: (value(k), -k))
+    return Plan(best, fit(best))
 
 
 @dataclass
@@ -174,9 +271,16 @@ def search(
     eps_max: float,
     tolerance: float,
     max_steps: int,
+    votes: int = 1,
     on_step: Callable[[int, int], None] | None = None,
 ) -> Signatures:
-    """Bracket then bisect every (input, direction) at once; one oracle call per step."""
+    """Bracket then bisect every (input, direction) at once; one oracle call per step.
+
+    ``votes`` > 1 (odd): every query goes to the oracle that many times in the same call and
+    the majority of the answers is the bit (a repetition code against randomised response;
+    Feige, Raghavan, Peleg & Upfal, *Computing with Noisy Information*, SIAM J. Comput. 1994,
+    the naive repeat-and-vote bisection). Each copy is a query of its own: it counts in
+    ``queries`` and against the data owner's budget; a vote with a refused copy is refused."""
     shape = (n_inputs, n_dirs)
     lo = np.zeros(shape)
     hi = np.full(shape, np.inf)
@@ -188,9 +292,17 @@ def search(
     while steps < max_steps and not settled.all():
         idx, dirn = np.nonzero(~settled)
         eps = probe[idx, dirn]
-        bits = np.asarray(oracle(idx.astype(np.int64), dirn.astype(np.int64), eps.astype("f4")))
+        bits = np.asarray(
+            oracle(
+                np.repeat(idx.astype(np.int64), votes),
+                np.repeat(dirn.astype(np.int64), votes),
+                np.repeat(eps.astype("f4"), votes),
+            )
+        )
         steps += 1
-        np.add.at(queries, idx, 1)
+        np.add.at(queries, idx, votes)
+        if votes > 1:
+            bits = majority(bits.reshape(len(idx), votes))
         no = bits == REFUSED
         refused[idx[no], dirn[no]] = True
         settled[idx[no], dirn[no]] = True
@@ -215,6 +327,15 @@ def search(
     flipped = np.isfinite(hi)
     eps_out = np.where(flipped, hi, eps_max).astype(np.float32)
     return Signatures(eps_out, flipped, refused, queries, steps)
+
+
+def majority(answers: np.ndarray) -> np.ndarray:
+    """One bit per row of repeated answers: CHANGED where most copies say so, REFUSED where
+    any copy was refused (the budget ran out in the middle of the vote)."""
+    changed = (answers == CHANGED).sum(1) * 2 > answers.shape[1]
+    out = np.where(changed, CHANGED, SAME).astype(np.uint8)
+    out[(answers == REFUSED).any(1)] = REFUSED
+    return out
 
 
 def train_decoder(

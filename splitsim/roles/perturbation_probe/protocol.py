@@ -44,7 +44,7 @@ from splitsim.engine.grid import wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.roles.base import ServerError, surfaced
-from splitsim.roles.perturbation_probe.attack import REFUSED, Signatures, search
+from splitsim.roles.perturbation_probe.attack import REFUSED, Plan, Signatures, search
 from splitsim.scenario import Engine, Plugin, Scenario
 
 
@@ -182,6 +182,7 @@ def _top1(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray
 
 def server_app(
     passes: list[Session],
+    plans: list[Plan],
     directions: dict[str, np.ndarray],
     model_state: dict[str, np.ndarray],
     clients: int,
@@ -191,7 +192,8 @@ def server_app(
     on_step: Callable[[int, int, int], None],
     engine: Engine,
 ) -> ServerApp:
-    """The adversary: one search per session over every data owner's inputs at once. A
+    """The adversary: one search per session over every data owner's inputs at once, each
+    by its plan (votes per query, directions: the first ones of the kind). A
     failed exchange is retried under ``engine.on_client_failure: retry``; the search cannot
     go on without an owner's bits, so an owner given up on ends the run."""
     app = ServerApp()
@@ -256,8 +258,9 @@ def server_app(
         outcome.partitions = [owner[n] for n in order]
         outcome.sizes = sizes
         offsets = np.cumsum([0, *sizes])
-        for k, session in enumerate(passes):
+        for k, (session, chosen) in enumerate(zip(passes, plans, strict=True)):
             rnd = 1000 * (k + 1)
+            used = directions[session.kind][: chosen.directions]
             send(
                 grid,
                 {
@@ -265,7 +268,7 @@ def server_app(
                         {
                             "config": config("install", k),
                             "model": arrays_to_record(model_state),
-                            "directions": arrays_to_record({"d": directions[session.kind]}),
+                            "directions": arrays_to_record({"d": used}),
                         }
                     )
                     for n in order
@@ -276,7 +279,8 @@ def server_app(
             outcome.signatures[k] = search(
                 make_oracle(grid, order, offsets, k, rnd),
                 int(offsets[-1]),
-                len(directions[session.kind]),
+                len(used),
+                votes=chosen.votes,
                 on_step=lambda s, left, k=k: on_step(k, s, left),
                 **search_args,
             )

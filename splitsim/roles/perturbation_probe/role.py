@@ -51,9 +51,11 @@ from splitsim.roles.base import (
 )
 from splitsim.roles.perturbation_probe import report
 from splitsim.roles.perturbation_probe.attack import (
+    Plan,
     Signatures,
     directions,
     local_oracle,
+    plan,
     search,
     train_decoder,
 )
@@ -83,6 +85,16 @@ class ProbeReceived(Received):
     queries: list[np.ndarray]
     steps: list[int]
     failures: list[dict[str, Any]] = field(default_factory=list)  # every failed try
+    # per session, the adversary's own choice: {"votes": k, "directions": d} (None: a run
+    # recorded before the adaptive prober, which probed every direction once)
+    plans: list[dict[str, int]] | None = None
+    # adaptive under a budget: per kind, what a direction cost on the adversary's own images
+    pilot_queries_per_direction: dict[str, float] | None = None
+
+    def plan(self, k: int) -> Plan:
+        if self.plans is None:
+            return Plan(1, self.eps[k].shape[1])
+        return Plan(**self.plans[k])
 
     def signatures(self, k: int) -> Signatures:
         return Signatures(
@@ -93,7 +105,7 @@ class ProbeReceived(Received):
 @dataclass(kw_only=True)
 class ProbeOutput(AttackOutput):
     reconstructions: list[np.ndarray]  # per session
-    training_queries: dict[str, float]  # per kind: queries per own image for its signatures
+    training_queries: dict[str, float]  # per signature set: queries per own image
     decoder_history: dict[str, list[dict[str, float]]]
     aux_images: int
 
@@ -108,6 +120,7 @@ class ProbeTruth(Truth):
 
 MNIST_TEST = 10_000
 AUX_MAX = 10_000  # MNIST 40,000-50,000
+PILOT = 200  # the adaptive prober's own images it measures a direction's cost on
 
 
 @register("perturbation_probe")
@@ -133,6 +146,17 @@ class PerturbationProber(Role):
             True,
             description="also probe with no defence and with each defence alone (the table)",
         )
+        adaptive: bool = Field(
+            False,
+            description="the prober knows the owners' defences: it votes over repeated "
+            "queries against randomised response, fits its directions to a query budget and "
+            "trains each decoder on signatures measured under the session's defences",
+        )
+        votes: int | None = Field(
+            None,
+            ge=1,
+            description="adaptive: copies of each query (odd); unset: chosen from the defences",
+        )
 
     stages = ("input", "answer", "budget")
     models = {"served": "probe_cnn"}
@@ -140,7 +164,7 @@ class PerturbationProber(Role):
     datasets = ("mnist",)
     fault_tolerant = True  # engine.faults / on_client_failure: retry; the search needs everyone
     received_type = ProbeReceived
-    adaptive_override = None  # the adversary trains on its own undefended model
+    adaptive_override = "role.adaptive=true"
     attack_params = frozenset({"aux_size", "decoder_epochs"})
 
     @classmethod
@@ -157,6 +181,11 @@ class PerturbationProber(Role):
             raise ScenarioError(source, "role.directions", "each kind at most once")
         if p.aux_size > AUX_MAX:
             raise ScenarioError(source, "role.aux_size", f"at most {AUX_MAX} (MNIST 40,000-50,000)")
+        if p.votes is not None and not p.adaptive:
+            raise ScenarioError(source, "role.votes", "only the adaptive prober votes; set "
+                                "role.adaptive: true or remove role.votes")  # fmt: skip
+        if p.votes is not None and p.votes % 2 == 0:
+            raise ScenarioError(source, "role.votes", f"must be odd (a majority), got {p.votes}")
         if p.eps_start > p.eps_max:
             raise ScenarioError(source, "role.eps_start", f"must not exceed eps_max ({p.eps_max})")
         if scenario.deployment.users > MNIST_TEST:
@@ -204,10 +233,11 @@ class PerturbationProber(Role):
             for kind in p.directions
         }  # fmt: skip
         passes = sessions(scenario)
+        plans, pilot = self._plans(passes, model, aux_x, dirs)
         outcome = ProbeOutcome()
         state = {k: v.numpy() for k, v in model.state_dict().items()}
         with self.run.phase("probing over Flower", len(passes) * p.max_steps, timed=False) as tick:
-            server = server_app(passes, dirs, state, scenario.deployment.clients,
+            server = server_app(passes, plans, dirs, state, scenario.deployment.clients,
                                 self._search_args(), self.wire, outcome,
                                 lambda k, step, left: tick(), scenario.engine)  # fmt: skip
             self.flower(server, outcome)
@@ -225,7 +255,34 @@ class PerturbationProber(Role):
             queries=[s.queries for s in sig],
             steps=[s.steps for s in sig],
             failures=outcome.failures,
+            plans=[chosen.to_json() for chosen in plans],
+            pilot_queries_per_direction=pilot,
         )
+
+    def _plans(
+        self, passes: list, model: torch.nn.Module, aux_x: np.ndarray, dirs: dict[str, np.ndarray]
+    ) -> tuple[list[Plan], dict[str, float] | None]:
+        """Per session, how the adversary probes (attack.plan). Under a query budget it first
+        measures what a direction costs: an undefended search of its first PILOT own images,
+        the 90th percentile of queries per image over the directions."""
+        p = self.params
+        plain = Plan(1, p.num_directions)
+        if not p.adaptive:
+            return [plain] * len(passes), None
+        pilot: dict[str, float] = {}
+        built = [defence_lib.build(s.defences) for s in passes]
+        budgeted = {s.kind for s, b in zip(passes, built, strict=True) if b and
+                    any(d.stage == "budget" for d in b)}  # fmt: skip
+        for kind in p.directions:
+            if kind in budgeted:
+                few = aux_x[:PILOT]
+                sig = search(local_oracle(model, few, dirs[kind]), len(few), p.num_directions,
+                             **self._search_args())  # fmt: skip
+                pilot[kind] = float(np.percentile(sig.queries, 90) / p.num_directions)
+        return [
+            plan(b, p.num_directions, pilot.get(s.kind, 0.0), p.votes) if s.defences else plain
+            for s, b in zip(passes, built, strict=True)
+        ], pilot or None
 
     # -- 2. attack: the adversary's own signatures, a decoder per kind ------------------
 
@@ -234,17 +291,34 @@ class PerturbationProber(Role):
         model = self._served(received)
         aux_x, _ = self._own_images()
         root = self.scenario.dataset.params.root
-        stats, own, decoders, history = {}, {}, {}, {}
-        with self.run.phase("adversary's signatures", len(p.directions) * p.max_steps) as advance:
-            for kind in p.directions:
-                own[kind] = cached_signatures(model, aux_x, received.directions[kind],
-                                              self._search_args(), root, advance)  # fmt: skip
-                stats[kind] = own[kind].stats()
-        with self.run.phase("decoders", len(p.directions) * p.decoder_epochs) as advance:
-            for kind in p.directions:
-                features = own[kind].features(stats[kind])
+        passes = sessions(self.scenario)
+        # One training set per (kind, defences the adversary simulates, plan): the plain
+        # prober's is the undefended search, shared by every session of a kind; the adaptive
+        # one measures its own images under each session's defences, probed as it probes.
+        keys: list[tuple[str, str, Plan]] = []
+        for k, session in enumerate(passes):
+            chosen = received.plan(k)
+            simulated = received.plans is not None and p.adaptive and bool(session.defences)
+            keys.append((session.kind, session.label if simulated else "none", chosen))
+        specs = {session.label: session.defences for session in passes}
+        distinct = list(dict.fromkeys(keys))
+        own, stats, history = {}, {}, {}
+        with self.run.phase("adversary's signatures", len(distinct) * p.max_steps) as advance:
+            for j, key in enumerate(distinct):
+                kind, label, chosen = key
+                own[key] = cached_signatures(
+                    model, aux_x, received.directions[kind][: chosen.directions],
+                    self._search_args(), root, advance, votes=chosen.votes,
+                    defences=specs[label] if label != "none" else [],
+                    seed=self.seeds.int("probe.adaptive_defences", j),
+                )  # fmt: skip
+                stats[key] = own[key].stats()
+        decoders = {}
+        with self.run.phase("decoders", len(distinct) * p.decoder_epochs) as advance:
+            for key in distinct:
+                features = own[key].features(stats[key])
                 n_val = max(2, len(aux_x) // 10)
-                decoders[kind], history[kind] = train_decoder(
+                decoders[key], history[_name(key)] = train_decoder(
                     features[n_val:],
                     aux_x[n_val:],
                     features[:n_val],
@@ -256,13 +330,12 @@ class PerturbationProber(Role):
                     device=resolve_device(self.scenario.engine),
                     on_epoch=advance,
                 )
-        passes = sessions(self.scenario)
         return ProbeOutput(
             reconstructions=[
-                reconstruct(decoders[s.kind], received.signatures(k).features(stats[s.kind]))
-                for k, s in enumerate(passes)
+                reconstruct(decoders[key], received.signatures(k).features(stats[key]))
+                for k, key in enumerate(keys)
             ],
-            training_queries={kind: float(own[kind].queries.mean()) for kind in p.directions},
+            training_queries={_name(key): float(own[key].queries.mean()) for key in distinct},
             decoder_history=history,
             aux_images=len(aux_x),
         )
@@ -298,6 +371,8 @@ class PerturbationProber(Role):
                         "defences": session.label,
                         **image_quality(truth.x, recon),
                         "reference_accuracy": accuracy(predict(judge, recon), truth.y),
+                        "votes": received.plan(k).votes,
+                        "directions_used": received.plan(k).directions,
                         "queries_per_input": float(sig.queries.mean()),
                         "queries_max": int(sig.queries.max()),
                         "round_trips": sig.steps,
@@ -329,6 +404,8 @@ class PerturbationProber(Role):
             "adversary": {
                 "aux_images": output.aux_images,
                 "directions": p.num_directions,
+                "adaptive": p.adaptive,
+                "pilot_queries_per_direction": received.pilot_queries_per_direction,
                 "training_signature_queries_per_input": output.training_queries,
                 "decoder_history": output.decoder_history,
             },
@@ -397,15 +474,30 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
     return model.eval()
 
 
-def cached_signatures(model, x, dirs, search_args: dict, root: str, advance):
+def _name(key: tuple[str, str, Plan]) -> str:
+    kind, label, chosen = key
+    if label == "none" and chosen.votes == 1:
+        return kind
+    return f"{kind} / {label} ({chosen.votes} votes, {chosen.directions} directions)"
+
+
+def cached_signatures(
+    model, x, dirs, search_args: dict, root: str, advance, *, votes: int = 1,
+    defences: list | None = None, seed: int = 0,
+):  # fmt: skip
     """The adversary's signatures of its own images, computed once per model, directions,
-    images and search settings (they dominate the cost), then read from the cache."""
+    images and search settings (they dominate the cost), then read from the cache.
+    ``defences`` (scenario entries) and ``votes``: the adaptive adversary's simulation of a
+    session, the defences' randomness drawn from ``seed``."""
     digest = hashlib.sha256()
     for v in model.state_dict().values():
         digest.update(v.numpy().tobytes())
     digest.update(dirs.tobytes())
     digest.update(x.tobytes())
     digest.update(repr(sorted(search_args.items())).encode())
+    if defences or votes != 1:  # the plain prober's key stays what it was
+        described = [(d.name, d.params.model_dump()) for d in defences or []]
+        digest.update(repr((votes, described, seed)).encode())
     path = Path(root) / "splitsim-cache" / f"probe_signatures_{digest.hexdigest()[:16]}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as f:
@@ -417,7 +509,9 @@ def cached_signatures(model, x, dirs, search_args: dict, root: str, advance):
         steps[0] = step
         advance()
 
-    sig = search(local_oracle(model, x, dirs), len(x), len(dirs), on_step=on_step, **search_args)
+    built = defence_lib.build(defences or [])
+    oracle = local_oracle(model, x, dirs, defences=built, rng=np.random.default_rng(seed))
+    sig = search(oracle, len(x), len(dirs), votes=votes, on_step=on_step, **search_args)
     advance(n=search_args["max_steps"] - steps[0])
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
