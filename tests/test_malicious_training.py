@@ -1,0 +1,141 @@
+"""Malicious training code (Song, Ristenpart, Shmatikov, CCS 2017) on real MNIST through the real
+Flower simulation, small enough for CI: the encodings' own contracts, then runs in which the
+supplier reads the owners' images back from the served model (capacity abuse) and from the
+published weights (sign), beside honest code on the same data from which it reads nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from splitsim.cli import main
+from splitsim.engine.wire import read
+from splitsim.roles.malicious_training.attack import (
+    Code,
+    capacity_decode,
+    capacity_labels,
+    from_bits,
+    malicious_term,
+    quantise,
+    secret_vector,
+    to_bits,
+    whitebox_decode,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+SCENARIO = ROOT / "scenarios" / "malicious_training.yaml"
+SMALL = ["role.rounds=4", "role.local_epochs=5", "role.train_images=1000", "role.secrets=2"]
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    """Digit-like test pictures: dark background, a bright random blob."""
+    rng = np.random.default_rng(seed)
+    x = np.zeros((n, 1, 28, 28), dtype=np.float32)
+    for i in range(n):
+        r, c = rng.integers(4, 18, 2)
+        x[i, 0, r : r + 8, c : c + 6] = rng.uniform(0.5, 1.0)
+    return x
+
+
+def code(encoding: str, **kw: object) -> Code:
+    return Code(encoding=encoding, key=1234, secrets=3, bits=2, pool=2, classes=10, **kw)
+
+
+def test_bits_round_trip_and_capacity_labels_decode_back():
+    x = images(3)
+    levels = quantise(x, 2, 2)
+    assert levels.shape == (3, 196) and levels.max() <= 3
+    np.testing.assert_array_equal(from_bits(to_bits(levels, 2), 2), levels.ravel())
+    c = code("capacity_abuse")
+    assert c.symbol_bits == 3 and c.queries == -(-3 * 196 * 2 // 3)
+    labels = capacity_labels(c, 0, x)
+    # whitened: the labels are about uniform over the 8 a label can carry, not mostly 0
+    assert labels.max() < 8 and np.bincount(labels, minlength=8).min() > len(labels) / 16
+    answers = np.eye(10, dtype=np.float32)[labels]
+    np.testing.assert_array_equal(capacity_decode(c, 0, answers), to_bits(levels, 2))
+    # another owner's key stream, or no answer at all, reads as coin tosses
+    wrong = capacity_decode(c, 1, answers)
+    refused = capacity_decode(c, 0, np.full_like(answers, np.nan))
+    for bits in (wrong, refused):
+        assert abs((bits == to_bits(levels, 2)).mean() - 0.5) < 0.06
+
+
+def test_whitebox_terms_pull_parameters_to_the_secret_and_decode():
+    x = images(3, seed=1)
+    for encoding in ("sign", "correlation"):
+        c = code(encoding)
+        secret = secret_vector(c, x)
+        theta = torch.zeros(2 * c.segment_length).normal_(0, 0.05, generator=torch.Generator())
+        theta.requires_grad_(True)
+        optimiser = torch.optim.Adam([theta], lr=0.01)
+        for _ in range(200):
+            loss = malicious_term(c, theta[c.segment(1)], secret)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        weights = {"w": theta.detach().numpy()}
+        recovered, bits = whitebox_decode(c, weights, 2, (0.15, 0.3))
+        owner1 = recovered[3:]
+        if encoding == "sign":
+            assert (bits[c.segment_length :] == to_bits(quantise(x, 2, 2), 2)).mean() > 0.99
+            assert abs((bits[: c.segment_length] == bits[c.segment_length :]).mean() - 0.5) < 0.1
+        else:
+            truth = secret.numpy().reshape(3, 14, 14)
+            pooled = owner1[:, 0, ::2, ::2]
+            assert np.corrcoef(pooled.ravel(), truth.ravel())[0, 1] > 0.9
+
+
+def run(out: Path, *extra: str) -> Path:
+    before = set(out.rglob("results.json")) if out.exists() else set()
+    args = ["run", str(SCENARIO), "--out", str(out)]
+    for expr in [*SMALL, *extra]:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (results,) = set(out.rglob("results.json")) - before
+    return results.parent
+
+
+def metrics(folder: Path) -> dict:
+    return json.loads((folder / "results.json").read_text())["metrics"]
+
+
+@pytest.fixture(scope="module")
+def capacity_run(tmp_path_factory):
+    return run(tmp_path_factory.mktemp("malicious") / "runs")
+
+
+@pytest.mark.slow
+def test_capacity_abuse_reads_the_images_back_and_honest_code_gives_nothing(capacity_run):
+    m = metrics(capacity_run)
+    malicious, honest = m["trainings"]
+    assert (malicious["code"], honest["code"]) == ("malicious", "honest")
+    # the secret bits come back far above chance from the served model's labels alone...
+    assert malicious["recovery"]["bit_accuracy"] > 0.9
+    assert malicious["recovery"]["ssim"] > 0.5
+    # ...and the same decoder reads coin tosses from a model trained without the supplier's code
+    assert abs(honest["recovery"]["bit_accuracy"] - 0.5) < 0.05
+    assert honest["recovery"]["ssim"] < 0.1
+    # at little cost to the task: both models learn MNIST, within 3 points of each other
+    assert malicious["test_accuracy"] > 0.8 and abs(m["accuracy_cost"]) < 0.03
+    q = m["capacity"]
+    assert q["bits_per_query"] == 3 and q["queries_needed"] == 2 * 131 == q["queries_answered"]
+    assert (capacity_run / "recovered.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_the_supplier_got_only_answers_and_a_reattack_reproduces(capacity_run):
+    lines = read(capacity_run / "wire.jsonl")
+    queries = [x for x in lines if x["phase"].endswith("query")]
+    # every query went to the host and came back as class scores, for each training
+    assert len(queries) == 2 * 2 * 2  # 2 trainings x (1 message per owner's inputs) x both ways
+    replies = {(r["name"], k) for x in queries if x["sender"] != "server" for r in x["records"]
+               for k in r["entries"]}  # fmt: skip
+    assert replies == {("answers", "scores")}
+    assert main(["attack", str(capacity_run)]) == 0
+    (again,) = (capacity_run / "attacks").glob("*/results.json")
+    first = metrics(capacity_run)["trainings"]
+    assert json.loads(again.read_text())["metrics"]["trainings"] == first
