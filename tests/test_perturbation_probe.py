@@ -14,7 +14,16 @@ from splitsim.cli import main
 from splitsim.defences.query_budget import QueryBudget
 from splitsim.defences.randomised_response import RandomisedResponse
 from splitsim.engine.wire import read
-from splitsim.roles.perturbation_probe.attack import CHANGED, REFUSED, SAME, directions, search
+from splitsim.roles.perturbation_probe.attack import (
+    CHANGED,
+    REFUSED,
+    SAME,
+    Plan,
+    directions,
+    majority,
+    plan,
+    search,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -25,7 +34,7 @@ SMALL = [
     "role.max_steps=20",
     "deployment.clients=2",
     "deployment.users=60",
-    "defences=[{name: query_budget, queries: 200}, {name: randomised_response, p: 0.2}]",
+    "defences=[{name: query_budget, queries: 200}, {name: randomised_response, p: 0.1}]",
 ]
 
 
@@ -73,6 +82,71 @@ def test_budget_and_randomised_response():
         bits, np.random.default_rng(0)
     )
     assert abs(flipped.mean() - 0.1) < 0.005
+
+
+def noisy_threshold_oracle(thresholds, p, budget=None, seed=0):
+    """The toy oracle of the first test behind the owners' real randomised response (and
+    query budget): what the adaptive prober faces, without a model."""
+    rr = RandomisedResponse(RandomisedResponse.Params(p=p))
+    cap = QueryBudget(QueryBudget.Params(queries=budget)) if budget else None
+    spent = np.zeros(len(thresholds), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+
+    def oracle(idx, dirs, eps):
+        bits = np.full(len(idx), REFUSED, dtype=np.uint8)
+        ok = cap.allowed(spent, idx) if cap else np.ones(len(idx), dtype=bool)
+        truth = np.where(eps[ok] >= thresholds[idx[ok], dirs[ok]], CHANGED, SAME)
+        bits[ok] = rr.apply(truth.astype(np.uint8), rng)
+        return bits
+
+    return oracle, spent
+
+
+def test_votes_undo_randomised_response_and_every_copy_is_a_query():
+    rng = np.random.default_rng(1)
+    thresholds = rng.uniform(3.0, 30.0, size=(100, 20))
+    args = {"eps_start": 2.0, "eps_max": 64.0, "tolerance": 0.05, "max_steps": 60}
+
+    def within(sig):  # share of directions whose eps is within the search's tolerance
+        return float((np.abs(sig.eps - thresholds) <= 0.06 * thresholds).mean())
+
+    oracle, _ = noisy_threshold_oracle(thresholds, 0.1)
+    once = search(oracle, 100, 20, **args)
+    oracle, _ = noisy_threshold_oracle(thresholds, 0.1)
+    voted = search(oracle, 100, 20, votes=5, **args)
+    clean = search(noisy_threshold_oracle(thresholds, 0.0)[0], 100, 20, **args)
+    # one query in ten flipped: about 9 bits a direction, most directions end up off
+    assert within(clean) == 1.0 and within(once) < 0.6
+    # five votes: a bit is wrong 0.86 % of the time, about 8 % of the directions
+    assert within(voted) > 0.85
+    np.testing.assert_array_equal(voted.queries, 5 * (voted.queries // 5))
+    assert abs(voted.queries.mean() / clean.queries.mean() - 5) < 0.5
+    # the copies count against the owners' budget, and a vote cut by it is a refusal
+    oracle, spent = noisy_threshold_oracle(thresholds, 0.1, budget=301)
+    cut = search(oracle, 100, 20, votes=5, **args)
+    assert spent.max() == 301 and cut.refused.any()
+    assert majority(np.array([[1, 1, 0], [0, 1, 0], [1, 1, REFUSED]])).tolist() == [
+        CHANGED, SAME, REFUSED
+    ]  # fmt: skip
+
+
+def test_adaptive_plan_follows_the_defences():
+    def rr(p):
+        return RandomisedResponse(RandomisedResponse.Params(p=p))
+
+    def budget(q):
+        return QueryBudget(QueryBudget.Params(queries=q))
+
+    assert plan([], 100, 9.0) == Plan(1, 100)
+    assert plan([rr(0.1)], 100, 9.0) == Plan(5, 100)  # majority wrong 0.86 % <= 1 %
+    assert plan([rr(0.05)], 100, 9.0) == Plan(3, 100)
+    assert plan([budget(500)], 100, 9.0) == Plan(1, 100)  # no flips: cut, never voted
+    # a budget with room for three votes on every direction
+    assert plan([budget(3000), rr(0.1)], 100, 9.0) == Plan(3, 100)
+    # a tight one: expected clean directions D(k) * (1 - e_k) ** q, k = 1: 55 * 0.39 = 21
+    # against k = 3: 18 * 0.77 = 14, k = 5: 11 * 0.93 = 10
+    assert plan([budget(500), rr(0.1)], 100, 9.0) == Plan(1, 55)
+    assert plan([budget(500), rr(0.1)], 100, 9.0, votes=7) == Plan(7, 7)
 
 
 def probe(out: Path, *extra: str) -> Path:
@@ -137,18 +211,53 @@ def test_report_table_and_numbers(probe_run):
     assert clean["refused"] == 0.0 and clean["served_accuracy"] > 0.9
     budgeted = table[("random", "query_budget(queries=200)")]
     assert budgeted["queries_max"] <= 200 * 1.0 + 40 and budgeted["refused"] > 0
-    both = table[("random", "query_budget(queries=200) + randomised_response(p=0.2)")]
+    both = table[("random", "query_budget(queries=200) + randomised_response(p=0.1)")]
     assert both["ssim"] < clean["ssim"]
     # randomised response's budget: ln((1 - p) / p) per answer, over the most-probed input's
     (rr,) = both["privacy"]  # the query budget makes no differential-privacy claim
-    assert rr["epsilon_per_release"] == pytest.approx(np.log(0.8 / 0.2))
+    assert rr["epsilon_per_release"] == pytest.approx(np.log(0.9 / 0.1))
     assert rr["releases"] == both["queries_max"]
-    assert rr["epsilon"] == pytest.approx(both["queries_max"] * np.log(4.0))
+    assert rr["epsilon"] == pytest.approx(both["queries_max"] * np.log(9.0))
     assert clean["privacy"] == []
     assert "randomised_response on each input" in (probe_run / "report.md").read_text()
     assert m["served_model_test_accuracy"] > 0.95
     for name in ("reconstructions.png", "styles.png", "report.md"):
         assert (probe_run / name).stat().st_size > 1000
+
+
+@pytest.fixture(scope="module")
+def adaptive_run(tmp_path_factory):
+    return probe(tmp_path_factory.mktemp("adaptive") / "runs", "role.directions=[random]",
+                 "role.compare_defences=false", "role.adaptive=true",
+                 "defences=[{name: randomised_response, p: 0.1}]")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_voting_prober_beats_randomised_response(probe_run, adaptive_run):
+    plain_m = json.loads((probe_run / "results.json").read_text())["metrics"]
+    plain = {(r["directions"], r["defences"]): r for r in plain_m["sessions"]}
+    plain = plain[("random", "randomised_response(p=0.1)")]
+    m = json.loads((adaptive_run / "results.json").read_text())["metrics"]
+    (voted,) = m["sessions"]
+    assert m["adversary"]["adaptive"] and (voted["votes"], voted["directions_used"]) == (5, 40)
+    # p = 0.1 stops the prober that asks once (measured 16.7 %, chance 15 %) ...
+    assert plain["votes"] == 1 and plain["reference_accuracy"] < plain_m["chance"] + 0.15
+    # ... not the one that asks five times (measured 60 %; 85 % without the defence)
+    assert voted["reference_accuracy"] > plain["reference_accuracy"] + 0.25
+    assert voted["reference_accuracy"] > m["chance"] + 0.3
+    # every copy crossed the boundary in a message: the queries the owners were sent are
+    # the queries reported, five times what the plain search sends
+    sent = sum(
+        rec["entries"]["input"]["shape"][0]
+        for line in read(adaptive_run / "wire.jsonl")
+        if line["phase"] == "probe" and line["sender"] == "server"
+        for rec in line["records"]
+        if rec["name"] == "queries"
+    )
+    assert sent == round(voted["queries_per_input"] * m["targets"])
+    assert 4.5 < voted["queries_per_input"] / plain["queries_per_input"] < 5.5
+    report = (adaptive_run / "report.md").read_text()
+    assert "The prober is adaptive" in report and "| 5 x 40 |" in report
 
 
 BAD = {
@@ -169,6 +278,8 @@ BAD = {
         "defences.0.queries: Input should be greater than or equal to 1",
     ),
     "start_above_cap": ({"role.eps_start": 100.0}, "role.eps_start: must not exceed eps_max"),
+    "even_votes": ({"role.adaptive": True, "role.votes": 4}, "role.votes: must be odd"),
+    "votes_not_adaptive": ({"role.votes": 3}, "role.votes: only the adaptive prober votes"),
 }
 
 
