@@ -16,6 +16,12 @@ Phases, in the order they run (papers/004, sections 2-3):
 4. evaluate: MSE / PSNR / SSIM, the accuracy of an independent classifier (MNIST
    50,000-60,000) on the reconstructions, queries per input, and the served model's accuracy
    under each session's defences.
+
+``adaptive: true`` (not in the paper, which leaves defences to future work): the prober knows
+each session's defences. It asks every query ``votes`` times and takes the majority against
+randomised response, fits its directions to a query budget (``attack.plan``), and trains each
+session's decoder on its own images' signatures measured under a simulation of that
+session's defences (``attack.local_oracle``). docs/perturbation_probe.md has the rule.
 """
 
 from __future__ import annotations
