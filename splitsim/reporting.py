@@ -73,6 +73,8 @@ def image_grid(
             ax.set_yticks([])
             if c < len(images):
                 ax.imshow(np.asarray(images[c]).reshape(28, 28), cmap="gray", vmin=0, vmax=1)
+            elif c > 0:  # a shorter row: no empty frames where it has no image
+                ax.axis("off")
             if c == 0:
                 text = label if wrap is None else textwrap.fill(label, wrap)
                 ax.set_ylabel(text, fontsize=label_size, rotation=0, ha="right", va="center")

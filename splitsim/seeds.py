@@ -60,6 +60,13 @@ PURPOSES: dict[str, int] = {
     "property.update_noise": 85,
     "property.init": 86,
     "property.probe": 87,
+    # gradient inversion by the FedAvg server (Zhu et al. 2019; Geiping et al. 2020)
+    "gradient.shares": 140,
+    "gradient.init": 141,
+    "gradient.local_training": 142,
+    "gradient.update_noise": 143,
+    "gradient.attack": 144,
+    "gradient.attacker_images": 145,
     # perturbation probing (papers/004)
     "probe.client_input_noise": 90,
     "probe.client_answer_noise": 91,

@@ -10,7 +10,9 @@ import pytest
 import torch
 import yaml
 
+import splitsim.roles  # noqa: F401  (registers the built-in roles)
 from splitsim.cli import main
+from splitsim.registry import DEFENCES, ROLES
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = yaml.safe_load((ROOT / "scenarios" / "hidden_covid_app.yaml").read_text())
@@ -50,14 +52,12 @@ CASES = {
     "wrong_type": (variant(seed="abc"), "seed: Input should be a valid integer"),
     "unknown_role": (
         variant(role={"name": "model_thief"}),
-        "role.name: unknown role 'model_thief'; "
-        "allowed: hidden_learning, label_inference, model_inversion",
+        "role.name: unknown role 'model_thief'; allowed: " + ", ".join(sorted(ROLES.names())),
     ),
     "unknown_defence": (
         variant(defences=[{"name": "lapalce", "scale": 0.1}]),
-        "defences.0.name: unknown defence 'lapalce'; "
-        "allowed: dp_sgd, gradient_noise, input_noise, laplace, marvell, nopeek, query_budget, "
-        "randomised_response, rounding, splitguard, update_noise, weight_noise",
+        "defences.0.name: unknown defence 'lapalce'; allowed: "
+        + ", ".join(sorted(DEFENCES.names())),
     ),
     "negative_scale": (
         variant(defences=[{"name": "laplace", "scale": -1}]),

@@ -52,8 +52,10 @@ class LoggedGrid:
         policy: str = "skip",
         retries: int = 0,
         failures: list[dict] | None = None,
+        observe: Observer | None = None,
     ) -> None:
         self._grid = grid
+        self._observe = observe
         self._prefix = prefix
         self._wire = wire
         self._on_round = on_round
@@ -107,6 +109,7 @@ class LoggedGrid:
         rnd = int(messages[0].content["config"].get("server-round", 0))
         pending = {m.metadata.dst_node_id: m for m in messages}
         done: dict[int, Message] = {}
+        sent = dict(pending)
         attempt = 0
         while pending:
             got = self._exchange(list(pending.values()), rnd, phase, timeout)
@@ -137,8 +140,16 @@ class LoggedGrid:
                     )
             pending = failed
             attempt += 1
+        if self._observe is not None:
+            for node, reply in done.items():
+                self._observe(rnd, phase, sent[node], reply)
         self._on_round(rnd, phase)
         return [done[m.metadata.dst_node_id] for m in messages if m.metadata.dst_node_id in done]
+
+
+#: ``observe(round, phase, sent, reply)``: what a curious server does with each exchange it
+#: completed, besides aggregating it (roles/gradient_inversion)
+Observer = Callable[[int, str, Message, Message], None]
 
 
 class OrderedFedAvg(FedAvg):
@@ -195,10 +206,14 @@ def server_app(
     phase_prefix: str = "",
     experiment: int = 0,
     report_from: int | None = None,
+    train_config: dict[str, int | float] | None = None,
+    observe: Observer | None = None,
 ) -> ServerApp:
-    """FedAvg for ``rounds``; every message's config carries ``experiment``. With
-    ``report_from`` (a partition), the harness then asks that participant for its ``report``
-    (a ``query`` message, wire-logged as phase ``<prefix>report``)."""
+    """FedAvg for ``rounds``; every message's config carries ``experiment``, and a training
+    message's also ``train_config`` (the server's instructions: learning rate, local steps).
+    With ``report_from`` (a partition), the harness then asks that participant for its
+    ``report`` (a ``query`` message, wire-logged as phase ``<prefix>report``). ``observe``
+    sees every completed exchange, the message sent and the reply, as the server got them."""
     app = ServerApp()
 
     @app.main()
@@ -213,6 +228,7 @@ def server_app(
             policy=engine.on_client_failure,
             retries=engine.client_retries,
             failures=outcome.failures,
+            observe=observe,
         )
 
         def central(server_round: int, arrays: ArrayRecord) -> MetricRecord:
@@ -225,7 +241,9 @@ def server_app(
             timeout=engine.client_timeout_s or 3600.0,
             initial_arrays=arrays_to_record(initial),
             num_rounds=rounds,
-            train_config=ConfigRecord({"phase": "train", "experiment": experiment}),
+            train_config=ConfigRecord(
+                {"phase": "train", "experiment": experiment, **(train_config or {})}
+            ),
             evaluate_config=ConfigRecord({"phase": "evaluate", "experiment": experiment}),
             evaluate_fn=central,
         )

@@ -3,6 +3,7 @@ ServerApp and ClientApp (``protocol.py``), its attack algorithm (``attack.py``) 
 (``report.py``). ``base.py`` states the contract every role follows. Importing this package
 registers the built-in roles; docs/adding_a_role.md says how to add one."""
 
+from splitsim.roles.gradient_inversion import role as _gradient_inversion  # noqa: F401
 from splitsim.roles.hidden_learning import role as _hidden_learning  # noqa: F401
 from splitsim.roles.label_inference import role as _label_inference  # noqa: F401
 from splitsim.roles.malicious_training import role as _malicious_training  # noqa: F401

@@ -24,8 +24,7 @@ Shapes: official stack (J, B, d) -> (J, B, k_o); secret stack (S, B, k_o + d_sid
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +40,7 @@ from splitsim.roles.hidden_learning.scores import (
     predict_scores,
     to_scores,
 )
+from splitsim.threads import one_thread
 
 
 @dataclass
@@ -197,19 +197,6 @@ def stackable(regimes: list[Regime]) -> bool:
     return len({tuple(_widths(s)[:-1]) for s in secrets}) <= 1
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: no operation here is large enough to split, and a second thread
-    that must wait for a busy core makes every step wait too (2 threads: 40 ms per step
-    while two other processes ran on the 2-core box; 1 thread: 1.7 ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def train_together(
     regimes: list[Regime],
     train: ScoreData,
@@ -228,7 +215,7 @@ def train_together(
     for r in regimes:
         if r.official_loss_on and r.official_frozen:
             raise ValueError("a frozen N_o cannot be trained on the official loss")
-    with _one_thread():
+    with one_thread():
         together = _Together(regimes, train, task, lr)
         best_score = [-np.inf] * len(regimes)
         best_epoch = [0] * len(regimes)
