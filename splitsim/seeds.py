@@ -83,6 +83,7 @@ PURPOSES: dict[str, int] = {
     "malicious.keystream": 155,
     "malicious.weight_noise": 156,
     "malicious.answer_noise": 157,
+    "malicious.release": 158,
     "probe.adaptive_defences": 104,
 }
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from splitsim.cli import main
+from splitsim.defences.fine_tune import FineTune
 from splitsim.engine.wire import read
+from splitsim.errors import ScenarioError
 from splitsim.roles.malicious_training.attack import (
     Code,
     capacity_decode,
@@ -25,6 +27,7 @@ from splitsim.roles.malicious_training.attack import (
     to_bits,
     whitebox_decode,
 )
+from splitsim.scenario import Scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENARIO = ROOT / "scenarios" / "malicious_training.yaml"
@@ -139,3 +142,45 @@ def test_the_supplier_got_only_answers_and_a_reattack_reproduces(capacity_run):
     (again,) = (capacity_run / "attacks").glob("*/results.json")
     first = metrics(capacity_run)["trainings"]
     assert json.loads(again.read_text())["metrics"]["trainings"] == first
+
+
+@pytest.mark.slow
+def test_one_owner_publishes_and_the_signs_outlast_its_fine_tuning(tmp_path):
+    # white-box, one data owner training alone: the supplier reads the published weights' signs;
+    # the owner fine-tunes the model on its own images before publishing, which leaves them
+    folder = run(tmp_path / "runs", "role.encoding=sign", "role.compare_honest=false",
+                 "role.rounds=3", "deployment.clients=1",
+                 "defences=[{name: fine_tune, epochs: 2}]")  # fmt: skip
+    (malicious,) = metrics(folder)["trainings"]
+    assert malicious["recovery"]["bit_accuracy"] > 0.97 and malicious["test_accuracy"] > 0.8
+    assert malicious["recovery"]["ssim"] > 0.5
+    lines = read(folder / "wire.jsonl")
+    published = [x for x in lines if x["phase"].endswith("publish") and x["sender"] != "server"]
+    assert len(published) == 1 and {r["name"] for r in published[0]["records"]} == {"weights"}
+
+
+def test_fine_tuning_retrains_on_the_owners_data():
+    x = images(64)
+    y = (x.reshape(64, -1).argmax(axis=1) % 2).astype(np.int64)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 2))
+    before = [p.detach().clone() for p in net.parameters()]
+    FineTune(FineTune.Params(epochs=3, lr=0.01)).fine_tune(net, x, y, seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+    with pytest.raises(TypeError, match="fine_tune"):
+        FineTune(FineTune.Params(epochs=1)).apply(x, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "says"),
+    [
+        ("defences=[{name: rounding, decimals: 1}]", "defences.0.name", "published weights"),
+        ("role.secrets=700", "role.secrets", "parameters"),
+        ("role.secrets=2000", "role.secrets", "less than or equal to 1000"),
+        ("training.epochs=3", "training", "role.rounds"),
+    ],
+)
+def test_what_the_role_cannot_run_is_one_clear_line(override, field, says):
+    with pytest.raises(ScenarioError) as err:
+        Scenario.from_yaml(SCENARIO, ["role.encoding=sign", override])
+    assert err.value.field == field and says in err.value.message

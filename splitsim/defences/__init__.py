@@ -2,6 +2,7 @@
 
 from splitsim.defences import (  # noqa: F401
     dp_sgd,
+    fine_tune,
     gradient_noise,
     input_noise,
     laplace,

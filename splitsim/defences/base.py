@@ -10,8 +10,11 @@ DP-SGD); for the label holder of split learning (Li et al., ICLR 2022): ``gradie
 gradient it returns to a data owner, perturbed knowing the batch's labels; the one stage a
 server applies); for a split-learning data owner that watches the server (Erdoğan et al., WPES
 2022): ``detector`` (fake batches and a test on the gradients it gets back, stopping training
-when the server looks hijacked). A role declares which stages it has; a defence
-whose stage a role lacks is refused when the scenario is loaded, never silently ignored.
+when the server looks hijacked); for a data owner that releases a model it trained with a
+supplier's code (Song et al., CCS 2017): ``release`` (what it does to the trained model before
+publishing or serving it, e.g. fine-tuning on its own data). A role declares which stages it
+has; a defence whose stage a role lacks is refused when the scenario is loaded, never silently
+ignored.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ Stage = Literal[
     "training",
     "gradient",
     "detector",
+    "release",
 ]
 
 

@@ -71,9 +71,14 @@ def network(scenario: Scenario) -> torch.nn.Module:
 def supplier_code(scenario: Scenario) -> Code:
     """The code the supplier ships (and the one it decodes with)."""
     p = scenario.role.params
-    sigma = 0.0
-    if p.adaptive:  # it knows the owners' weight noise and writes its code against it
+    sigma, drift, repeat = 0.0, 0.0, 1
+    if p.adaptive:  # it knows the owners' defences and writes its code against them
         sigma = sum(d.params.sigma for d in scenario.defences if d.name == "weight_noise")
+        host_images = partition_sizes(p.train_images, scenario.deployment.clients)[HOST]
+        for d in (d for d in scenario.defences if d.name == "fine_tune"):
+            steps = d.params.epochs * -(-host_images // d.params.batch_size)
+            drift += d.params.lr * steps
+            repeat += d.params.epochs
     return Code(
         encoding=p.encoding,
         key=seeds.int_seed(scenario.seed, "malicious.supplier_key"),
@@ -83,7 +88,10 @@ def supplier_code(scenario: Scenario) -> Code:
         classes=10,
         lambda_corr=p.lambda_corr,
         lambda_sign=p.lambda_sign,
+        margin=p.sign_margin,
         sigma=sigma,
+        drift=drift,
+        repeat=repeat,
     )
 
 
@@ -132,8 +140,8 @@ def local_training(
     augmented = torch.zeros(len(x), dtype=torch.bool)
     term = None
     if code is not None and code.encoding == "capacity_abuse":
-        xa = torch.from_numpy(augmented_inputs(code, owner))
-        ya = torch.from_numpy(capacity_labels(code, owner, x))
+        xa = torch.from_numpy(np.tile(augmented_inputs(code, owner), (code.repeat, 1, 1, 1)))
+        ya = torch.from_numpy(np.tile(capacity_labels(code, owner, x), code.repeat))
         xs, ys = torch.cat([xs, xa]), torch.cat([ys, ya])
         augmented = torch.cat([augmented, torch.ones(len(xa), dtype=torch.bool)])
     elif code is not None:
@@ -223,6 +231,13 @@ def _on_query(scenario: Scenario, storage: str, msg: Message, context: Context) 
         metrics: dict[str, float | int] = {"partition": pid}
         if pid == HOST:
             weights = _load(Path(storage) / f"global-{k}.npz")
+            release = [d for d in chosen if d.stage == "release"]
+            if release:  # the host retrains the model on its own images before releasing it
+                net = _model(scenario, weights)
+                x, y = owner_data(scenario, HOST)
+                for i, d in enumerate(release):
+                    d.fine_tune(net, x, y, seeds.int_seed(scenario.seed, "malicious.release", k, i))
+                weights = {n: v.detach().numpy().copy() for n, v in net.state_dict().items()}
             rng = seeds.rng(scenario.seed, "malicious.weight_noise", k)
             weights = {n: defence_lib.apply_stage(chosen, "weights", v, rng)
                        for n, v in weights.items()}  # fmt: skip

@@ -113,6 +113,9 @@ class MaliciousTrainingCode(Role):
         pool: Literal[1, 2, 4] = Field(2, description="average-pool the secret images this much")
         lambda_corr: float = Field(1.0, gt=0, le=1e4, description="correlation term's weight")
         lambda_sign: float = Field(10.0, gt=0, le=1e4, description="sign penalty's weight")
+        sign_margin: float = Field(
+            0.01, ge=0, le=1, description="sign penalty's margin (0: the paper's; see attack.py)"
+        )
         train_images: int = Field(2000, ge=20, le=50_000, description="images of all owners")
         rounds: int = Field(10, ge=1, le=10_000, description="FedAvg rounds")
         local_epochs: int = Field(3, ge=1, le=1000)
@@ -126,7 +129,7 @@ class MaliciousTrainingCode(Role):
             False, description="the supplier knows the owners' defences and codes against them"
         )
 
-    stages = ("weights", "payload", "budget")
+    stages = ("release", "weights", "payload", "budget")
     models = {"federated": "feature_mlp"}
     report = report
     datasets = ("mnist", "fashion_mnist")
