@@ -10,11 +10,13 @@ training is:
    receive the new global model (``evaluate`` messages), so after the last they hold the final
    one.
 2. **Serving**, by the host (partition 0, which publishes or serves the final model for all):
-   ``install`` (the host applies its ``weights`` defences to the final model and measures the
-   official test accuracy of what it will serve; every owner answers with its partition), then
+   ``install`` (the host applies its ``release`` defences to the final model, fine-tuning it on
+   its own images, then its ``weights`` defences, and measures the official test accuracy of
+   what it will serve; every owner answers with its partition), then
    what reaches the supplier: ``publish`` (white-box: the weights) or ``query`` (black-box: the
    served model's class scores for the inputs the supplier sends, under the host's ``budget``
-   and ``payload`` defences; NaN where it refused).
+   defences, which count every query against one total for the served model, and ``payload``
+   defences; NaN where it refused).
 
 Every message carries its ``experiment``: 0 the supplier's code, 1 an honest training of the same
 data with the same settings and no malicious term (the baseline). The same list of codes is
@@ -36,6 +38,7 @@ from flwr.serverapp import Grid, ServerApp
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
+from splitsim.data.images import _load as read_images
 from splitsim.data.score_data import partition_sizes
 from splitsim.engine import federated, identity
 from splitsim.engine.codec import arrays_to_record, record_to_arrays
@@ -59,8 +62,11 @@ OWNER_POOL = 50_000  # training images 0-50,000 are the owners'; 50,000-60,000 t
 EXPERIMENTS = ("malicious", "honest")
 
 
-def dataset(scenario: Scenario):  # noqa: ANN201
-    return DATASETS.get(scenario.dataset.name)(scenario.dataset.params, scenario.seed, None)
+def images(scenario: Scenario, train: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The data set's training or test images, float32 in [0, 1], and their labels (MNIST or
+    Fashion-MNIST, read once per process)."""
+    params = scenario.dataset.params
+    return read_images(DATASETS.get(scenario.dataset.name), params.root, params.download, train)
 
 
 def network(scenario: Scenario) -> torch.nn.Module:
@@ -112,14 +118,14 @@ def owner_ids(scenario: Scenario) -> list[np.ndarray]:
 
 def owner_data(scenario: Scenario, pid: int) -> tuple[np.ndarray, np.ndarray]:
     """Owner ``pid``'s private images and labels (the owners' side and the harness's truth)."""
-    x, y = dataset(scenario).images(train=True)
+    x, y = images(scenario, train=True)
     ids = owner_ids(scenario)[pid]
     return x[ids], y[ids]
 
 
 def test_accuracy(net: torch.nn.Module, scenario: Scenario) -> float:
     """Accuracy on the official test set (the data set's 10,000 test images)."""
-    x, y = dataset(scenario).images(train=False)
+    x, y = images(scenario, train=False)
     net.eval()
     with torch.no_grad():
         pred = torch.cat([net(torch.from_numpy(x[s : s + 2000])).argmax(1) for s in

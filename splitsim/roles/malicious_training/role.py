@@ -46,7 +46,7 @@ from splitsim.roles.malicious_training.protocol import (
     TrainingOutcome,
     client_app,
     codes,
-    dataset,
+    images,
     network,
     owner_data,
     server_app,
@@ -261,7 +261,7 @@ class MaliciousTrainingCode(Role):
     def _public_pixels(self) -> tuple[float, float]:
         """The data set's pixel mean and deviation, from its public test set: what the supplier
         knows of images in general, to scale decoded values (correlation)."""
-        x, _ = dataset(self.scenario).images(train=False)
+        x, _ = images(self.scenario, train=False)
         x = attack.pooled(x, self.params.pool)
         return float(x.mean()), float(x.std())
 
@@ -289,8 +289,7 @@ class MaliciousTrainingCode(Role):
         code = supplier_code(scenario)
         clients = scenario.deployment.clients
         with self.run.phase("evaluation", 1):
-            data = dataset(scenario)
-            x_ref, y_ref = data.images(train=True)
+            x_ref, y_ref = images(scenario, train=True)
             judge = reference_classifier(
                 x_ref[REFERENCE[0] : REFERENCE[1]], y_ref[REFERENCE[0] : REFERENCE[1]],
                 scenario.dataset.params.root, scenario.seed, key=scenario.dataset.name,
@@ -331,7 +330,7 @@ class MaliciousTrainingCode(Role):
                 "information_bits_per_query": code.symbol_bits * (1 - _entropy(ber)),
             }
         honest = trainings[1] if len(trainings) > 1 else None
-        x_test, y_test = data.images(train=False)
+        x_test, y_test = images(scenario, train=False)
         metrics = {
             "encoding": code.encoding,
             "trainings": trainings,
