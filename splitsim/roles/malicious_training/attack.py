@@ -28,22 +28,30 @@ images, average-pooled ``pool`` x ``pool`` and quantised to ``bits`` bits per pi
 
 The sign penalty takes a margin, ``max(0, m - theta_i s_i)`` (``role.sign_margin``; 0 is the
 paper's): under FedAvg an owner's segment is averaged with the other owners' copies, which their
-task gradients move freely, and a sign pushed only just past zero flips back (measured: 89 % of
-the bits with two owners at margin 0, 100 % at 0.01; 100 % with one owner at either).
+task gradients move freely, and a sign pushed only just past zero flips back (measured,
+docs/malicious_training.md: 89.2 % of the bits with two owners at margin 0, 99.2 % at 0.01;
+100 % with one owner at margin 0).
+
+The white-box segments index the parameters flattened in ``named_parameters()`` order, on both
+sides: :func:`flat` in the owners' training, :func:`flat_weights` with the parameter names in the
+supplier's decoder (the role refuses a model with buffers, whose state dict would hold more).
 
 The adaptive supplier knows the owners' defences and writes code that survives them. Against
 weight noise ``sigma`` (defences/weight_noise.py): ``3 sigma`` more sign margin, a floor of
 ``3 sigma`` on the correlated segment's deviation, and for capacity abuse the augmented inputs
 trained under weight noise of that sigma (noise injection, resampled each step). Against
-fine-tuning (defences/fine_tune.py): the most Adam can move a parameter in the owner's
+fine-tuning (defences/fine_tune.py): how far Adam typically moves a parameter in the owner's
 fine-tuning (``lr`` per step, ``epochs * ceil(n / batch_size)`` steps) more sign margin, and
 for capacity abuse ``1 + epochs`` passes over the augmented inputs per epoch, which it then
-holds with more confidence.
+holds with more confidence. ``lr`` per step is Adam's typical step, not a bound: while its moment
+estimates settle a step can reach ``lr (1 - beta1) / sqrt(1 - beta2)``, about ``3.16 lr`` at the
+default betas (Kingma and Ba, ICLR 2015, sec. 2.1).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -69,7 +77,7 @@ class Code:
     lambda_sign: float = 10.0
     margin: float = 0.0  # the sign penalty's margin (0: the paper's penalty)
     sigma: float = 0.0  # the weight noise an adaptive supplier writes its code against
-    drift: float = 0.0  # how far the owner's fine-tuning can move a parameter (adaptive)
+    drift: float = 0.0  # how far the owner's fine-tuning typically moves a parameter (adaptive)
     repeat: int = 1  # passes over the augmented inputs per epoch (adaptive, fine-tuning)
 
     @property
@@ -207,13 +215,14 @@ def capacity_batch(
 
 
 def flat(net: torch.nn.Module) -> torch.Tensor:
-    """The parameters in state-dict order, as one differentiable vector."""
-    return torch.cat([p.reshape(-1) for p in net.parameters()])
+    """The parameters in ``named_parameters()`` order, as one differentiable vector."""
+    return torch.cat([p.reshape(-1) for _, p in net.named_parameters()])
 
 
-def flat_weights(weights: dict[str, np.ndarray]) -> np.ndarray:
-    """Published weights (a state dict) flattened in the same order as :func:`flat`."""
-    return np.concatenate([np.asarray(v, dtype=np.float32).ravel() for v in weights.values()])
+def flat_weights(weights: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
+    """Published weights flattened as :func:`flat` does: ``names`` are the model's parameter
+    names in ``named_parameters()`` order (the supplier knows the architecture it trains)."""
+    return np.concatenate([np.asarray(weights[n], dtype=np.float32).ravel() for n in names])
 
 
 def secret_vector(code: Code, images: np.ndarray) -> torch.Tensor:
@@ -240,11 +249,16 @@ def malicious_term(code: Code, theta: torch.Tensor, secret: torch.Tensor) -> tor
 
 
 def whitebox_decode(
-    code: Code, weights: dict[str, np.ndarray], owners: int, prior: tuple[float, float]
+    code: Code,
+    weights: dict[str, np.ndarray],
+    names: Sequence[str],
+    owners: int,
+    prior: tuple[float, float],
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """Images (and, for the sign encoding, the bits) read from the published weights, owner by
-    owner. ``prior``: the data set's public pixel mean and deviation (correlation)."""
-    theta = flat_weights(weights)
+    owner, flattened in ``names`` order (:func:`flat_weights`). ``prior``: the data set's public
+    pixel mean and deviation (correlation)."""
+    theta = flat_weights(weights, names)
     images, bits = [], []
     for owner in range(owners):
         seg = theta[code.segment(owner)].astype(np.float64)

@@ -15,8 +15,8 @@ training is:
    what it will serve; every owner answers with its partition), then
    what reaches the supplier: ``publish`` (white-box: the weights) or ``query`` (black-box: the
    served model's class scores for the inputs the supplier sends, under the host's ``budget``
-   defences, which count every query against one total for the served model, and ``payload``
-   defences; NaN where it refused).
+   defences, each of which counts every query against one total for the served model, and
+   ``payload`` defences; NaN where it refused).
 
 Every message carries its ``experiment``: 0 the supplier's code, 1 an honest training of the same
 data with the same settings and no malicious term (the baseline). The same list of codes is
@@ -26,6 +26,7 @@ built on both sides from the resolved scenario (``codes``).
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,12 +75,21 @@ def network(scenario: Scenario) -> torch.nn.Module:
     return MODELS.get(spec.name).build(spec.params, (1, 28, 28), 10)
 
 
+def parameter_names(scenario: Scenario) -> list[str]:
+    """The model's parameter names in ``named_parameters()`` order: the order the white-box
+    segments index (attack.flat). Built aside the global random stream, which seeds training."""
+    with torch.random.fork_rng(devices=[]):
+        return [n for n, _ in network(scenario).named_parameters()]
+
+
 def supplier_code(scenario: Scenario) -> Code:
     """The code the supplier ships (and the one it decodes with)."""
     p = scenario.role.params
     sigma, drift, repeat = 0.0, 0.0, 1
     if p.adaptive:  # it knows the owners' defences and writes its code against them
-        sigma = sum(d.params.sigma for d in scenario.defences if d.name == "weight_noise")
+        # independent Gaussian noises add up to one of deviation sqrt(sum of variances)
+        sigma = math.sqrt(sum(d.params.sigma**2 for d in scenario.defences
+                              if d.name == "weight_noise"))  # fmt: skip
         host_images = partition_sizes(p.train_images, scenario.deployment.clients)[HOST]
         for d in (d for d in scenario.defences if d.name == "fine_tune"):
             steps = d.params.epochs * -(-host_images // d.params.batch_size)
@@ -248,7 +258,8 @@ def _on_query(scenario: Scenario, storage: str, msg: Message, context: Context) 
             weights = {n: defence_lib.apply_stage(chosen, "weights", v, rng)
                        for n, v in weights.items()}  # fmt: skip
             np.savez(served, **weights)
-            np.save(Path(storage) / f"spent-{k}.npy", np.zeros(1, dtype=np.int64))
+            budgets = sum(d.stage == "budget" for d in chosen)
+            np.save(Path(storage) / f"spent-{k}.npy", np.zeros((budgets, 1), dtype=np.int64))
             metrics["test_accuracy"] = test_accuracy(_model(scenario, weights), scenario)
         return Message(RecordDict({"meta": MetricRecord(metrics)}), reply_to=msg)
     if pid != HOST:
@@ -261,10 +272,7 @@ def _on_query(scenario: Scenario, storage: str, msg: Message, context: Context) 
     x = record_to_arrays(msg.content["inputs"])["x"]
     spent_path = Path(storage) / f"spent-{k}.npy"
     spent = np.load(spent_path)
-    answered = np.ones(len(x), dtype=bool)
-    for budget in (d for d in chosen if d.stage == "budget"):
-        # the unit of the budget is the served model: every query counts against one total
-        answered &= budget.allowed(spent, np.zeros(len(x), dtype=np.int64))
+    answered = within_budgets([d for d in chosen if d.stage == "budget"], spent, len(x))
     np.save(spent_path, spent)
     answers = np.full((len(x), 10), np.nan, dtype=np.float32)
     if answered.any():
@@ -274,6 +282,18 @@ def _on_query(scenario: Scenario, storage: str, msg: Message, context: Context) 
         rng = seeds.rng(scenario.seed, "malicious.answer_noise", k, int(config["step"]))
         answers[answered] = defence_lib.apply_stage(chosen, "payload", scores, rng)
     return Message(RecordDict({"answers": arrays_to_record({"scores": answers})}), reply_to=msg)
+
+
+def within_budgets(budgets: list, spent: np.ndarray, n: int) -> np.ndarray:
+    """Which of the next ``n`` queries the served model answers under its ``budget`` defences.
+    The unit of a budget is the served model: every query counts against one total, ``spent[i]``
+    for budget ``i`` (updated in place). Each budget keeps its own count, so two budgets do not
+    count one query twice, and a query is answered when every budget allows it: the tightest
+    cap binds."""
+    answered = np.ones(n, dtype=bool)
+    for i, budget in enumerate(budgets):
+        answered &= budget.allowed(spent[i], np.zeros(n, dtype=np.int64))
+    return answered
 
 
 def _model(scenario: Scenario, weights: dict[str, np.ndarray]) -> torch.nn.Module:

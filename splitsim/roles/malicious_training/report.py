@@ -67,7 +67,7 @@ def markdown(scenario_name: str, results: dict) -> str:
         lines += [
             "",
             f"Black-box read-back: {q['bits_per_query']} bits per query (one label), "
-            f"{q['queries_needed']} queries for all the images ({q['queries_per_image']:.0f} per "
+            f"{q['queries_needed']} queries for all the images ({q['queries_per_image']:.1f} per "
             f"image of {q['bits_per_image']} bits), {q['queries_answered']} answered; at the "
             f"measured bit error rate the channel carries {q['information_bits_per_query']:.2f} "
             "bits per query.",

@@ -32,6 +32,7 @@ from splitsim.data.mnist import REFERENCE
 from splitsim.errors import ScenarioError
 from splitsim.metrics import accuracy, image_quality, majority_rate
 from splitsim.reference_classifier import predict, reference_classifier
+from splitsim.registry import DEFENCES, MODELS
 from splitsim.roles.base import (
     AttackOutput,
     Evaluation,
@@ -49,6 +50,7 @@ from splitsim.roles.malicious_training.protocol import (
     images,
     network,
     owner_data,
+    parameter_names,
     server_app,
     supplier_code,
     test_accuracy,
@@ -56,21 +58,34 @@ from splitsim.roles.malicious_training.protocol import (
 from splitsim.scenario import Deployment, Scenario, Training
 
 WHITE_BOX = ("correlation", "sign")
+WHITE_BOX_STAGES = ("release", "weights")  # the defences that act on the published weights
+# Augmented inputs per owner (capacity abuse, times the adaptive supplier's passes): each is a
+# 28x28 float32 image, held about twice while an owner builds its training set, so 100,000 is
+# about 0.6 GB per owner, about 190 times the default scenario's 523 and 50 times its owners'
+# real images; 1,000 1-bit 28x28 images an owner would need 261,334 inputs (several GB across
+# owners: a run that dies mid-training).
+MAX_AUGMENTED = 100_000
 
 
 @dataclass(kw_only=True)
 class MaliciousReceived(Received):
     """Per training (the supplier's code, then honest code): the published weights (white-box)
     or the served model's answers to the supplier's queries, one array per owner's inputs
-    (black-box); and the honest side's numbers the harness reports (the aggregator's per-round
-    test accuracy, the host's accuracy of what it serves)."""
+    (black-box). That is all the supplier's ``attack()`` reads.
+
+    ``histories`` (the honest aggregator's per-round test accuracy), ``served_accuracy`` (the
+    host's test accuracy of what it serves) and ``failures`` are harness bookkeeping: they never
+    reached the supplier and ``attack()`` never reads them (a test blanks them and gets the same
+    output). They are kept here because only the deployment produces them (the served model
+    leaves the host only as weights or answers) and a re-attack must report them as the run did.
+    """
 
     experiments: list[str]
     published: dict[str, np.ndarray]  # "<k>/<parameter>": training k's published weights
     answers: dict[str, np.ndarray]  # "<k>/<owner>": class scores, NaN where refused
-    histories: list[list[dict[str, float]]]
-    served_accuracy: list[float]
-    failures: list[list[dict[str, Any]]]
+    histories: list[list[dict[str, float]]]  # harness bookkeeping, never read by attack()
+    served_accuracy: list[float]  # harness bookkeeping, never read by attack()
+    failures: list[list[dict[str, Any]]]  # harness bookkeeping, never read by attack()
 
     def weights(self, k: int) -> dict[str, np.ndarray]:
         return {n.removeprefix(f"{k}/"): v for n, v in self.published.items()
@@ -179,17 +194,41 @@ class MaliciousTrainingCode(Role):
                 f"at most {p.train_images // clients}: each of {clients} owners holds "
                 f"{p.train_images // clients} of role.train_images ({p.train_images})",
             )  # fmt: skip
+        _check_model(scenario, source)
+        code = supplier_code(scenario)
+        if p.encoding == "capacity_abuse":
+            need = code.queries * code.repeat
+            if need > MAX_AUGMENTED:
+                most = MAX_AUGMENTED // code.repeat * code.symbol_bits // (code.pixels * code.bits)
+                need_text = f"{p.secrets} images an owner need {code.queries:,} augmented inputs"
+                if code.repeat > 1:
+                    need_text += f" x {code.repeat} passes (1 + the fine_tune epochs) = {need:,}"
+                if most == 0:
+                    raise ScenarioError(
+                        source, "role.adaptive",
+                        f"false, or fewer fine_tune epochs: {need_text}, over the "
+                        f"{MAX_AUGMENTED:,} an owner may train on",
+                    )  # fmt: skip
+                raise ScenarioError(
+                    source, "role.secrets",
+                    f"at most {most} with role.bits {p.bits} and role.pool {p.pool}: "
+                    f"{need_text}, over the {MAX_AUGMENTED:,} an owner may train on",
+                )  # fmt: skip
         if p.encoding in WHITE_BOX:
+            # the published weights are all the supplier reads: a defence on the served
+            # model's answers (or their count) would be accepted and never applied
+            allowed = ", ".join(n for n, d in DEFENCES.items() if d.stage in WHITE_BOX_STAGES)
             for i, d in enumerate(scenario.defences):
-                if d.name in ("rounding", "query_budget"):
+                stage = DEFENCES.get(d.name).stage
+                if stage not in WHITE_BOX_STAGES:
                     raise ScenarioError(
                         source, f"defences.{i}.name",
-                        f"{d.name!r} limits the served model's answers; with role.encoding "
-                        f"{p.encoding} the supplier reads the published weights; allowed: "
-                        "weight_noise",
+                        f"{d.name!r} acts on the served model's answers (stage {stage}); with "
+                        f"role.encoding {p.encoding} the supplier reads the published weights; "
+                        f"allowed: {allowed}",
                     )  # fmt: skip
-            code = supplier_code(scenario)
-            size = sum(t.numel() for t in network(scenario).state_dict().values())
+            with torch.random.fork_rng(devices=[]):
+                size = sum(t.numel() for t in network(scenario).parameters())
             need = code.segment_length * clients
             if need > size:
                 most = size // (code.segment_length // p.secrets * clients)
@@ -253,8 +292,9 @@ class MaliciousTrainingCode(Role):
                 recovered.append(Recovery(images=images, bits=stream))
             else:
                 images, stream = attack.whitebox_decode(
-                    code, received.weights(k), clients, self._public_pixels()
-                )
+                    code, received.weights(k), parameter_names(self.scenario), clients,
+                    self._public_pixels(),
+                )  # fmt: skip
                 recovered.append(Recovery(images=images, bits=stream))
         return MaliciousOutput(recovered=recovered)
 
@@ -355,6 +395,42 @@ class MaliciousTrainingCode(Role):
                           for k, t in enumerate(trainings)],
         }  # fmt: skip
         return Evaluation(metrics, plots)
+
+
+def _fits(net: object) -> bool:
+    """Whether the role can train and read ``net``: one torch module whose state dict is its
+    parameters (what the owners send, the host publishes and the white-box segments index, in
+    one order) and which maps a batch of 1x28x28 images to 10 class scores."""
+    if not isinstance(net, torch.nn.Module):
+        return False
+    if list(net.state_dict()) != [n for n, _ in net.named_parameters()]:
+        return False
+    try:
+        with torch.no_grad():
+            out = net.eval()(torch.zeros(2, 1, 28, 28))
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 10)
+
+
+def _check_model(scenario: Scenario, source: str) -> None:
+    with torch.random.fork_rng(devices=[]):  # building draws initial weights
+        if _fits(network(scenario)):
+            return
+        fitting = []
+        for name, model in MODELS.items():
+            try:
+                fits = _fits(model.build(model.Params(), (1, 28, 28), 10))
+            except Exception:  # noqa: BLE001 - a model that cannot build here does not fit
+                fits = False
+            if fits:
+                fitting.append(name)
+    raise ScenarioError(
+        source, "models.federated.name",
+        f"{scenario.models.federated.name!r} does not fit role {scenario.role.name}, which needs "
+        "one network without buffers mapping 1x28x28 images to 10 classes; allowed: "
+        + ", ".join(fitting),
+    )  # fmt: skip
 
 
 def _entropy(p: float) -> float:
