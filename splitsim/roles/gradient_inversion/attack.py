@@ -2,10 +2,11 @@
 
 **Labels first.** For a softmax cross-entropy loss the gradient of the last layer's bias is
 ``g_b = (1/B) sum_i (softmax(f(x_i)) - onehot(y_i))``. With one image (Zhao et al., *iDLG*,
-2020, section 3.2) its only negative entry is the label. With a batch we count, as Wainakh et
-al. do (*User-level label leakage from gradients in federated learning*, PETS 2022, LLG+):
+2020, section 3.2) its only negative entry is the label. With a batch we count, as Geng et al.
+do (*Towards General Deep Leakage in Federated Learning*, arXiv 2110.09074, 2021):
 ``n_c = B * p_c - B * g_b[c]``, with ``p_c`` the network's mean probability of class ``c`` on
-inputs the attacker makes up (it holds no data), rounded to whole counts that sum to ``B``. A
+inputs the attacker makes up (it holds no data), rounded to whole counts that sum to ``B``
+(Wainakh et al.'s LLG, PETS 2022, counts from the last weight gradient instead). A
 participant that took ``E`` local SGD steps at learning rate ``eta`` uploads
 ``Delta b ~= -eta * E * g_b``; the server chose ``eta`` and ``E`` and reads ``B`` from the
 reply's ``num-examples``.
@@ -62,11 +63,18 @@ class Knowledge:
     noise_multiplier: float = 0.0  # DP-SGD's sigma (its noise std is sigma * C per step)
 
     def scale(self, settings: Settings, batch: int) -> float:
-        """The noise's scale per weight of the uploaded update."""
+        """The noise's scale per weight of the uploaded update: DP-SGD's std, update noise's
+        scale, or, both stacked, the scale whose variance is their sum (Laplace b has
+        variance 2 b^2), which matches the sum's spread, not its shape."""
+        dp = 0.0
         if self.example_clip is not None:
-            return dp_noise_std(settings.lr, settings.steps, batch, self.noise_multiplier,
-                                self.example_clip)  # fmt: skip
-        return self.noise_scale
+            dp = dp_noise_std(settings.lr, settings.steps, batch, self.noise_multiplier,
+                              self.example_clip)  # fmt: skip
+        if dp == 0.0 or self.noise_scale == 0.0:
+            return dp or self.noise_scale
+        if self.noise == "laplace":
+            return math.sqrt(self.noise_scale**2 + dp**2 / 2)
+        return math.sqrt(self.noise_scale**2 + dp**2)
 
 
 @dataclass(frozen=True)
@@ -166,7 +174,7 @@ def _mismatch(
 
 
 def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference of neighbouring pixels (anisotropic TV), per image."""
+    """Mean absolute difference of neighbouring pixels (anisotropic TV), over the batch."""
     return (x[:, :, 1:, :] - x[:, :, :-1, :]).abs().mean() + (
         x[:, :, :, 1:] - x[:, :, :, :-1]
     ).abs().mean()

@@ -182,6 +182,44 @@ class GradientInversionServer(Role):
             )  # fmt: skip
         check_faults(scenario, source, ("train", "evaluate"), "federated training", d.clients,
                      f"participants are 0-{d.clients - 1}")  # fmt: skip
+        e = scenario.engine
+        for i, fault in enumerate(e.faults):
+            # the one update the attack needs must arrive; found out after training otherwise
+            recovers = e.on_client_failure == "retry" and fault.attempts <= e.client_retries
+            if (fault.phase == "train" and fault.partition == p.target
+                    and p.attack_round in fault.rounds and not recovers):  # fmt: skip
+                raise ScenarioError(
+                    source, f"engine.faults.{i}",
+                    f"participant {p.target} must answer round {p.attack_round}: its update is "
+                    "what the server inverts (allowed: a fault the 'retry' policy recovers from)",
+                )  # fmt: skip
+        cls._check_network(scenario, source)
+
+    @staticmethod
+    def _check_network(scenario: Scenario, source: str) -> None:
+        """The attack reads the labels from the last parameter, a bias over the 10 classes, and
+        flattens updates by parameter name: a network with buffers or another head is refused."""
+        try:
+            net = build_network(scenario)
+        except Exception as err:  # noqa: BLE001 (a model's own constructor says what it needs)
+            raise ScenarioError(source, "models.federated", str(err)) from None
+        if not isinstance(net, torch.nn.Module):
+            raise ScenarioError(
+                source, "models.federated.name",
+                f"{scenario.models.federated.name!r} is not one network (allowed: a "
+                "classifier without buffers ending in a 10-class bias: dlg_cnn, probe_cnn, "
+                "lenet, feature_mlp)",
+            )  # fmt: skip
+        names = [n for n, _ in net.named_parameters()]
+        last = dict(net.named_parameters())[names[-1]] if names else None
+        if (list(net.state_dict()) != names or last is None
+                or not names[-1].endswith("bias") or tuple(last.shape) != (10,)):  # fmt: skip
+            raise ScenarioError(
+                source, "models.federated.name",
+                f"{scenario.models.federated.name!r} does not fit: the attack needs a network "
+                "without buffers whose last parameter is the 10-class output bias (allowed: "
+                "dlg_cnn, probe_cnn, lenet, feature_mlp)",
+            )  # fmt: skip
 
     # -- 1. deploy: one federated training per batch size -------------------------------
 
@@ -295,18 +333,19 @@ class GradientInversionServer(Role):
         return x[ids], y[ids]
 
     def _knowledge(self) -> attack.Knowledge:
-        """What an adaptive server knows of the participants' defence."""
+        """What an adaptive server knows of the participants' defences (both, when DP-SGD and
+        update noise are stacked)."""
         from splitsim.defences import build
 
+        found: dict = {}
         for defence in build(self.scenario.defences):
+            q = defence.params
             if defence.name == "dp_sgd":
-                q = defence.params
-                return attack.Knowledge(example_clip=q.max_grad_norm, noise="gaussian",
-                                        noise_multiplier=q.noise_multiplier)  # fmt: skip
-            if defence.name == "update_noise":
-                q = defence.params
-                return attack.Knowledge(update_clip=q.clip, noise=q.mechanism, noise_scale=q.scale)
-        return attack.Knowledge()
+                found.update(example_clip=q.max_grad_norm, noise_multiplier=q.noise_multiplier,
+                             noise=found.get("noise", "gaussian"))  # fmt: skip
+            elif defence.name == "update_noise":
+                found.update(update_clip=q.clip, noise=q.mechanism, noise_scale=q.scale)
+        return attack.Knowledge(**found)
 
     # -- 3. truth: the target's images, known to the harness alone ------------------------
 
