@@ -49,6 +49,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn import functional as F
 
+from splitsim.metrics import image_quality
 from splitsim.threads import one_thread
 
 
@@ -234,12 +235,6 @@ def pair(reconstructions: np.ndarray, originals: np.ndarray) -> tuple[np.ndarray
     return rec_idx[order], orig_idx[order]
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean PSNR (dB) of paired images in [0, 1]."""
-    mse = ((a - b) ** 2).reshape(len(a), -1).mean(1)
-    return float(np.mean(10 * np.log10(1.0 / np.maximum(mse, 1e-10))))
-
-
 def calibrate(
     net: nn.Module,
     weights: dict[str, np.ndarray],
@@ -260,7 +255,7 @@ def calibrate(
                          settings.seed, settings.knowledge)  # fmt: skip
         recon, _ = invert(net, weights, simulated_update, labels, shape, trial)
         r, o = pair(recon, own_images)
-        scores[f"{weight:g}"] = psnr(recon[r], own_images[o])
+        scores[f"{weight:g}"] = image_quality(own_images[o], recon[r])["psnr"]
     best = max(candidates, key=lambda w: scores[f"{w:g}"])
     return best, scores
 
