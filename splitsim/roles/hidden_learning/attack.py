@@ -13,6 +13,23 @@ scores: the black-box attacker) and Ts-only (the whole stack trained on L_s: the
 Model selection keeps the epoch with the best validation accuracy, the sum of both accuracies
 for To-and-Ts (section 4.1). Several secrets share one N_o: L_s is their mean.
 
+The stealthiest supplier the loss allows (issue 27, our extension): the shipped N_o minimises
+
+    L_o + lambda * L_s + mu * D(N_o(x), N_honest(x))
+
+with ``secret_weight`` lambda (the paper's loss is lambda = 1) and ``closeness`` mu, D the
+per-input KL from an honest N_o's predictions (``scores.divergence``, which says why KL). The
+weight bends N_o only: N_s still minimises all of L_s (``scores.scale_gradient``), so at
+lambda = 0 it reads an honest-trained N_o as well as it can, a black-box attacker trained
+alongside. With Adam this is the same trajectory as minimising lambda * L_s for N_s too, up
+to Adam's eps, since Adam is invariant to a gradient's scale. With mu > 0 the honest N_o
+trains first (its selected epoch is the reference), then the hidden one against it. Model
+selection keeps the epoch with the best official + lambda * secret validation accuracy: at
+lambda = 1 the paper's score, at lambda = 0 an honest supplier's; a stealthy supplier ships
+what an honest one would have selected, and weighs the secret as its loss does (a threshold
+such as "best official accuracy with the secret above x" needs an x that no one can pick
+before the curve is known). At lambda = 1, mu = 0 every number is computed as before.
+
 Shapes: x (n, ...) -> scores (n, k_o), in [0, 1] or logits (``OfficialTask.released``);
 secret input [scores, side] (n, k_o + d) -> logits (n, k_s).
 
@@ -35,11 +52,15 @@ from splitsim.data.score_data import OfficialTask, ScoreData
 from splitsim.metrics import accuracy, majority_rate
 from splitsim.roles.hidden_learning.scores import (
     ScoreNet,
+    check_stealth,
     device_of,
+    divergence,
     official_loss,
     official_quality,
     predict_scores,
     predict_secret,
+    reference_predictions,
+    scale_gradient,
     secret_input,
     to_scores,
 )
@@ -82,6 +103,9 @@ def train_regime(
     lr: float,
     seed: int,
     on_epoch: Progress,
+    secret_weight: float = 1.0,
+    closeness: float = 0.0,
+    reference: ScoreNet | None = None,
 ) -> Trained:
     """Minimise [L_o] + sum_s L_s with Adam; keep the epoch with the best validation accuracy.
 
@@ -89,9 +113,16 @@ def train_regime(
     secret for To-and-Ts, the official alone for an honest N_o, the secret alone otherwise.
     With several secrets, L_s and the secret accuracy are averaged over them, so the balance
     between official and secret stays the paper's one to one.
+
+    The stealthy supplier (module docstring): N_o minimises L_o + secret_weight * L_s
+    + closeness * D(N_o(x), reference(x)), and the secret term of the selection score is
+    weighted by ``secret_weight`` too. The defaults are the paper's loss, computed as before.
     """
     if official_loss_on and official_frozen:
         raise ValueError("a frozen N_o cannot be trained on the official loss")
+    check_stealth(secret_weight, closeness)
+    if closeness and (reference is None or official_frozen):
+        raise ValueError("a closeness penalty needs a reference network and an N_o that trains")
     generator = torch.Generator().manual_seed(seed)
     dev = device_of(official)
     params = [p for net in secrets.values() for p in net.parameters()]
@@ -109,6 +140,8 @@ def train_regime(
     frozen_scores = (
         torch.as_tensor(predict_scores(official, train.x)).to(dev) if official_frozen else None
     )
+    targets_ref = reference_predictions(reference, train.x, task) if closeness else None
+    bend = secret_weight != 1.0 and not official_frozen
     best_score, best_epoch = -np.inf, 0
     best_state = copy.deepcopy(
         (official.state_dict(), {k: v.state_dict() for k, v in secrets.items()})
@@ -127,8 +160,11 @@ def train_regime(
             else:
                 scores = frozen_scores[idx]
             loss = official_loss(logits, y_o[idx], task.kind, w_o[idx]) if official_loss_on else 0.0
+            if targets_ref is not None:
+                loss = loss + closeness * divergence(logits, targets_ref[idx], task).mean()
             if secrets:
-                features = secret_input(scores, side[idx])
+                seen = scale_gradient(scores, secret_weight) if bend else scores
+                features = secret_input(seen, side[idx])
                 secret_loss = sum(
                     official_loss(
                         net(features), targets[name][idx], "multiclass", weights[name][idx]
@@ -142,7 +178,7 @@ def train_regime(
         metrics = _evaluate(official, secrets, val, task)
         history.append({"epoch": epoch, **metrics})
         score = (metrics["official"] if official_loss_on else 0.0) + (
-            np.mean([metrics[name] for name in secrets]) if secrets else 0.0
+            secret_weight * np.mean([metrics[name] for name in secrets]) if secrets else 0.0
         )
         if score > best_score:
             best_score, best_epoch = score, epoch
@@ -194,9 +230,16 @@ def train_supplier(
     on_epoch: Progress,
     device: str | torch.device = "cpu",
     stack: bool = True,
+    secret_weight: float = 1.0,
+    closeness: float = 0.0,
+    baselines: bool = True,
 ) -> SupplierModels:
     """Train the three regimes of the paper's Table 1 on the supplier's data (and To, the
-    honest N_o). ``stack=False`` trains every regime alone, as before ``stacked`` existed."""
+    honest N_o). ``stack=False`` trains every regime alone, as before ``stacked`` existed.
+    ``secret_weight`` and ``closeness`` make the shipped N_o a stealthy one (module
+    docstring); ``baselines=False`` trains only the hidden and the honest N_o (no To-then-Ts,
+    no Ts-only), for sweeps that need nothing else."""
+    check_stealth(secret_weight, closeness)
     train, val = split_validation(train_all, validation_fraction, seed)
     in_secret = task.outputs + train.side.shape[1]
     common = dict(epochs=epochs, batch_size=batch_size, lr=lr, on_epoch=on_epoch)
@@ -212,25 +255,36 @@ def train_supplier(
     # Every network is built first, in the order and from the seeds each regime always had;
     # building reseeds torch, so a regime's initial weights do not depend on what trains when.
     official, s = fresh(0)
-    hidden = Regime(official, secret_nets(secrets), True, False, s)
+    hidden = Regime(official, secret_nets(secrets), True, False, s, secret_weight, closeness)
     official, s = fresh(1)
     honest = Regime(official, {}, True, False, s)
     then_secret, secret_only = [], []
-    for i, name in enumerate(secrets):
+    for i, name in enumerate(secrets if baselines else []):
         _, s = fresh(10 + i)
         then_secret.append(Regime(honest.official, secret_nets([name]), False, True, s))
         official_only, s = fresh(20 + i)
         secret_only.append(Regime(official_only, secret_nets([name]), False, False, s))
-    # To-then-Ts reads the honest N_o's scores, so it trains once To has finished.
-    first = train_regimes([hidden, honest, *secret_only], train, val, task, stack=stack, **common)
+    # To-then-Ts reads the honest N_o's scores, so it trains once To has finished; so does a
+    # hidden N_o held close to the honest one. Without baselines the honest N_o trains alone
+    # too, so that every point of a sweep compares with one honest N_o, bit for bit (stacked
+    # with another regime its floats round differently).
+    if closeness == 0 and baselines:
+        first = [hidden, honest, *secret_only]
+        hidden_t, honest_t, *only_t = train_regimes(first, train, val, task, stack=stack, **common)
+    else:
+        honest_t, *only_t = train_regimes(
+            [honest, *secret_only], train, val, task, stack=stack, **common
+        )
+        hidden.reference = honest_t.official
+        (hidden_t,) = train_regimes([hidden], train, val, task, stack=stack, **common)
     then = train_regimes(then_secret, train, val, task, stack=stack, **common)
-    hidden_t, honest_t, *only_t = first
+    trained = secrets if baselines else []
     return SupplierModels(
         task,
         hidden_t,
         honest_t,
-        {name: t.secrets[name] for name, t in zip(secrets, then, strict=True)},
-        dict(zip(secrets, only_t, strict=True)),
+        {name: t.secrets[name] for name, t in zip(trained, then, strict=True)},
+        dict(zip(trained, only_t, strict=True)),
     )
 
 
@@ -267,6 +321,9 @@ def train_regimes(
             official_loss_on=r.official_loss_on,
             official_frozen=r.official_frozen,
             seed=r.seed,
+            secret_weight=r.secret_weight,
+            closeness=r.closeness,
+            reference=r.reference,
             **common,
         )  # fmt: skip
         for r in regimes
@@ -289,23 +346,26 @@ def regime_metrics(models: SupplierModels, test: ScoreData, secrets: list[str]) 
         "history": {
             "to_and_ts": models.hidden.history,
             "to": models.honest.history,
-            **{f"ts_only_{name}": models.secret_only[name].history for name in secrets},
+            **{f"ts_only_{name}": t.history for name, t in models.secret_only.items()},
         },
     }
     for name in secrets:
         y = test.secrets[name]
-        only = models.secret_only[name]
-        only_scores = predict_scores(only.official, test.x)
-        out["secrets"][name] = {
+        cells = {
             "to_and_ts": accuracy(
                 predict_secret(models.hidden.secrets[name], hidden_scores, test.side), y
-            ),
-            "to_then_ts": accuracy(
-                predict_secret(models.then_secret[name], honest_scores, test.side), y
-            ),
-            "ts_only": accuracy(predict_secret(only.secrets[name], only_scores, test.side), y),
-            "chance": majority_rate(y),
+            )
         }
+        if name in models.then_secret:  # trained unless train_supplier(baselines=False)
+            decoded = predict_secret(models.then_secret[name], honest_scores, test.side)
+            cells["to_then_ts"] = accuracy(decoded, y)
+        if name in models.secret_only:
+            only = models.secret_only[name]
+            only_scores = predict_scores(only.official, test.x)
+            cells["ts_only"] = accuracy(
+                predict_secret(only.secrets[name], only_scores, test.side), y
+            )
+        out["secrets"][name] = {**cells, "chance": majority_rate(y)}
     return out
 
 

@@ -98,6 +98,16 @@ class HiddenLearningSupplier(Role):
             "equally defended scores of its own records before deployment",
         )
         adaptive_epochs: int = Field(10, ge=1, description="fine-tuning epochs when adaptive")
+        secret_weight: NonNegativeFloat = Field(
+            1.0,
+            description="lambda: the shipped N_o minimises L_o + lambda * L_s (the paper: 1); "
+            "below 1 a stealthier supplier, at 0 an honest-trained N_o that N_s reads as it can",
+        )
+        closeness: NonNegativeFloat = Field(
+            0.0,
+            description="mu: + mu * KL(honest N_o's predictions || the shipped N_o's), keeping "
+            "the released scores close to an honest network's (trained first; 0: off)",
+        )
 
     stages = ("payload", "weights")
     gpu_clients = True  # engine.client_device: N_o's forward pass on the actor's GPU share
@@ -191,6 +201,8 @@ class HiddenLearningSupplier(Role):
                 seed=scenario.seed,
                 on_epoch=advance,
                 device=resolve_device(scenario.engine),
+                secret_weight=p.secret_weight,
+                closeness=p.closeness,
             )
         # The paper's Table 1 cells, on the supplier's own held-out records.
         with self.run.phase("held-out regimes", 1):

@@ -54,6 +54,62 @@ def official_loss(
     return (per_input * weight).mean()
 
 
+def predictive(logits: torch.Tensor, task: OfficialTask) -> torch.Tensor:
+    """The distribution N_o predicts, whatever it releases: a probability per label
+    (multilabel) or over the classes (multiclass). Works on (..., k_o) logits."""
+    return torch.sigmoid(logits) if task.kind == "multilabel" else F.softmax(logits, dim=-1)
+
+
+def divergence(logits: torch.Tensor, reference: torch.Tensor, task: OfficialTask) -> torch.Tensor:
+    """KL(reference || N_o's prediction) per input: (..., k_o) logits and reference
+    probabilities -> (...). Per-label binary KL averaged over labels (multilabel), the
+    categorical KL otherwise; 0 exactly where the two predictions agree.
+
+    The stealthy supplier's closeness penalty D. Why KL and not a squared error between
+    released scores: an auditor who holds both networks tells them apart at best by the
+    likelihood ratio of their predictions, and KL is its expectation (Neyman-Pearson;
+    Pinsker bounds the total variation by it); it also weighs a shift near 0 or 1, where
+    ranking quality (AUC) is decided, more than the same shift near 0.5, while a squared
+    error between probabilities hardly sees it. Its gradient is distillation's
+    (cross-entropy on the reference's soft labels): the entropy term is a constant.
+    """
+    if task.kind == "multilabel":
+        cross = F.binary_cross_entropy_with_logits(logits, reference, reduction="none")
+        entropy = -(torch.xlogy(reference, reference) + torch.xlogy(1 - reference, 1 - reference))
+        return (cross - entropy).mean(-1)
+    log_p = F.log_softmax(logits, dim=-1)
+    return (torch.xlogy(reference, reference) - reference * log_p).sum(-1)
+
+
+@torch.no_grad()
+def reference_predictions(net: ScoreNet, x: np.ndarray, task: OfficialTask) -> torch.Tensor:
+    """The honest network's predictive distribution on ``x`` (``predictive``), computed once
+    before the stealthy N_o trains against it: (n, k_o), on the network's device."""
+    net.eval()
+    dev = device_of(net)
+    return torch.cat(
+        [
+            predictive(net(torch.as_tensor(x[i : i + 4096]).to(dev)), task)
+            for i in range(0, len(x), 4096)
+        ]
+    )
+
+
+def check_stealth(secret_weight: float, closeness: float) -> None:
+    """The stealthy supplier's weights (``attack`` module docstring) are both >= 0."""
+    if not (secret_weight >= 0 and closeness >= 0):  # NaN fails too
+        raise ValueError(
+            f"secret_weight and closeness must be >= 0, got {secret_weight} and {closeness}"
+        )
+
+
+def scale_gradient(x: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
+    """``x`` unchanged going forward (bit for bit: x - x is exactly 0), ``weight`` times the
+    gradient going back: N_o sees ``weight * L_s`` while N_s still learns from all of L_s."""
+    frozen = x.detach()
+    return frozen + weight * (x - frozen)
+
+
 def device_of(net: nn.Module) -> torch.device:
     return next(net.parameters()).device
 

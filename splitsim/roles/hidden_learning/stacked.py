@@ -17,6 +17,11 @@ Secret networks of different class counts share one stack: their output layers a
 the widest, and the padded logits are masked to -inf, so they take no probability, receive a
 zero gradient, and Adam never moves them.
 
+A stealthy regime (``attack``'s docstring: a weight lambda on what N_o learns from L_s, a
+closeness mu to an honest network) carries its own lambda and mu; the honest predictions it
+is held to are gathered in its batch order like its labels. Regimes that use neither
+compute exactly what they computed before these terms existed.
+
 Shapes: official stack (J, B, d) -> (J, B, k_o); secret stack (S, B, k_o + d_side) ->
 (S, B, max classes), one slot per (regime, secret) pair.
 """
@@ -35,9 +40,13 @@ from torch.nn import functional as F
 from splitsim.data.score_data import OfficialTask, ScoreData
 from splitsim.metrics import accuracy
 from splitsim.roles.hidden_learning.scores import (
+    check_stealth,
     device_of,
+    divergence,
     official_quality,
     predict_scores,
+    reference_predictions,
+    scale_gradient,
     to_scores,
 )
 from splitsim.threads import one_thread
@@ -52,6 +61,9 @@ class Regime:
     official_loss_on: bool
     official_frozen: bool
     seed: int
+    secret_weight: float = 1.0  # lambda: N_o minimises L_o + lambda * L_s (attack's docstring)
+    closeness: float = 0.0  # mu: + mu * D(N_o(x), reference(x))
+    reference: nn.Module | None = None  # the honest ScoreNet that ``closeness`` pulls toward
 
 
 def mlp_layers(module: nn.Module) -> list[nn.Linear] | None:
@@ -215,6 +227,9 @@ def train_together(
     for r in regimes:
         if r.official_loss_on and r.official_frozen:
             raise ValueError("a frozen N_o cannot be trained on the official loss")
+        check_stealth(r.secret_weight, r.closeness)
+        if r.closeness and (r.reference is None or r.official_frozen):
+            raise ValueError("a closeness penalty needs a reference network and an N_o that trains")
     with one_thread():
         together = _Together(regimes, train, task, lr)
         best_score = [-np.inf] * len(regimes)
@@ -229,7 +244,9 @@ def train_together(
                 r = regimes[j]
                 histories[j].append({"epoch": epoch, **metrics})
                 score = (metrics["official"] if r.official_loss_on else 0.0) + (
-                    np.mean([metrics[name] for name in r.secrets]) if r.secrets else 0.0
+                    r.secret_weight * np.mean([metrics[name] for name in r.secrets])
+                    if r.secrets
+                    else 0.0
                 )
                 if score > best_score[j]:
                     best_score[j], best_epoch[j] = score, epoch
@@ -263,6 +280,16 @@ class _Together:
             at += len(s.shapes())
         self.adam = _Adam(self.flat, lr)
         self.data = _Batches(regimes, self.slots, train, self.device)
+        # The stealthy supplier's terms (attack's docstring), only where a regime asks for them,
+        # so that the paper's regimes compute exactly what they computed before.
+        weights = [r.secret_weight for r in regimes]
+        self.bend = (
+            None
+            if self.frozen or all(w == 1.0 for w in weights)
+            else torch.tensor(weights, device=self.device)[:, None, None]
+        )
+        self.close = [j for j, r in enumerate(regimes) if r.closeness]
+        self.mu = torch.tensor([regimes[j].closeness for j in self.close], device=self.device)
 
     def step(self, batch: _Batch) -> None:
         loss = torch.zeros((), device=self.device)
@@ -273,6 +300,11 @@ class _Together:
             scores = to_scores(logits, self.task)
             per_input = _per_input_loss(logits, batch.official, self.task.kind)
             loss = loss + ((per_input * batch.w_official).mean(1) * self.data.loss_on).sum()
+            if self.close:
+                d = divergence(logits[self.close], batch.reference, self.task).mean(1)
+                loss = loss + (d * self.mu).sum()
+            if self.bend is not None:
+                scores = scale_gradient(scores, self.bend)
         if self.slots:
             features = torch.cat([scores[self.data.slot_of], batch.side], dim=2)
             per_input = _per_input_loss(self.secrets.forward(features), batch.secret, "multiclass")
@@ -322,6 +354,7 @@ class _Batch:
     side: torch.Tensor  # (S, B, d_side)
     secret: torch.Tensor  # (S, B)
     w_secret: torch.Tensor  # (S, B)
+    reference: torch.Tensor | None = None  # (C, B, k_o): the honest predictions, C close regimes
 
 
 class _Batches:
@@ -352,6 +385,15 @@ class _Batches:
         )
         self.loss_on = torch.tensor([float(r.official_loss_on) for r in regimes], device=device)
         self.has_slots = bool(slots)
+        close = [r for r in regimes if r.closeness]
+        self.close = torch.tensor([j for j, r in enumerate(regimes) if r.closeness], device=device)
+        self.reference = (
+            torch.stack(
+                [reference_predictions(r.reference, train.x, r.official.task) for r in close]
+            )
+            if close
+            else None
+        )
         self.generators = [torch.Generator().manual_seed(r.seed) for r in regimes]
         self.device = device
 
@@ -370,6 +412,11 @@ class _Batches:
             self.epoch_side = self.side[by_slot]
             self.epoch_secret = self.secret.gather(1, by_slot)
             self.epoch_w_secret = self.w_secret.gather(1, by_slot)
+        if self.reference is not None:
+            by_close = order[self.close]
+            self.epoch_reference = torch.stack(
+                [ref[o] for ref, o in zip(self.reference, by_close, strict=True)]
+            )
 
     def batches(self, size: int):
         for start in range(0, self.n, size):
@@ -382,4 +429,5 @@ class _Batches:
                 side=self.epoch_side[:, b] if self.has_slots else None,
                 secret=self.epoch_secret[:, b] if self.has_slots else None,
                 w_secret=self.epoch_w_secret[:, b] if self.has_slots else None,
+                reference=None if self.reference is None else self.epoch_reference[:, b],
             )
