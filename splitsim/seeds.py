@@ -28,6 +28,8 @@ PURPOSES: dict[str, int] = {
     "hidden.adaptive_batches": 80,
     "hidden.adaptive_val_noise": 81,
     "hidden.adaptive_noise": 82,
+    "hidden.owner_distillation": 43,
+    "hidden.adaptive_distillation": 83,
     # split learning and model inversion (papers/003)
     "split.train_partition": 60,
     "split.batch_order": 61,

@@ -1,13 +1,16 @@
 """Client-side defences, one file each; see base.py for the stages they act on."""
 
 from splitsim.defences import (  # noqa: F401
+    distillation,
     dp_sgd,
     fine_tune,
     gradient_noise,
     input_noise,
+    label_only,
     laplace,
     marvell,
     nopeek,
+    quantise,
     query_budget,
     randomised_response,
     rounding,
@@ -15,7 +18,7 @@ from splitsim.defences import (  # noqa: F401
     update_noise,
     weight_noise,
 )
-from splitsim.defences.base import Defence, apply_stage
+from splitsim.defences.base import Defence, ScoreDefence, apply_scores, apply_stage
 from splitsim.registry import DEFENCES
 
 
@@ -29,4 +32,4 @@ def build(specs: list) -> list[Defence]:
     return built
 
 
-__all__ = ["Defence", "apply_stage", "build"]
+__all__ = ["Defence", "ScoreDefence", "apply_scores", "apply_stage", "build"]

@@ -12,17 +12,25 @@ server applies); for a split-learning data owner that watches the server (Erdoğ
 2022): ``detector`` (fake batches and a test on the gradients it gets back, stopping training
 when the server looks hijacked); for a data owner that releases a model it trained with a
 supplier's code (Song et al., CCS 2017): ``release`` (what it does to the trained model before
-publishing or serving it, e.g. fine-tuning on its own data). A role declares which stages it
-has; a defence whose stage a role lacks is refused when the scenario is loaded, never silently
-ignored.
+publishing or serving it, e.g. fine-tuning on its own data); for a data owner that runs a
+supplier's model on its users' records and releases the scores (papers/001): ``model`` (its
+treatment of the received model with its own inputs before it runs it, e.g. distilling a fresh
+network from the model's answers) and ``scores`` (what it makes of the official task's scores
+before they leave, knowing the task: its top-1 class only, scores on k levels; a ``payload``
+defence acts on any tensor, a ``scores`` one on a model's answers to a task the role names). A
+role declares which stages it has; a defence whose stage a role lacks is refused when the
+scenario is loaded, never silently ignored.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from splitsim.data.score_data import OfficialTask
 
 Stage = Literal[
     "payload",
@@ -36,6 +44,8 @@ Stage = Literal[
     "gradient",
     "detector",
     "release",
+    "model",
+    "scores",
 ]
 
 
@@ -76,6 +86,40 @@ class GradientDefence(Defence):
     def summary(self) -> dict[str, Any]:
         """JSON data on the batches it perturbed (noise power, bounds it guarantees)."""
         return {}
+
+
+class ScoreDefence(Defence):
+    """A ``scores`` defence: what it releases depends on the official task (one class of a
+    multiclass task, a bit per label of a multilabel one), which the role passes to
+    ``release``; a task it cannot act on is refused by the role's ``check`` (``refuses``)."""
+
+    stage: ClassVar[Stage] = "scores"
+
+    def refuses(self, task: OfficialTask) -> str | None:
+        """Why this defence cannot act on ``task``'s released scores; None when it can."""
+        return None
+
+    def release(
+        self, scores: np.ndarray, task: OfficialTask, rng: np.random.Generator
+    ) -> np.ndarray:
+        """The defended copy of ``scores`` (n, k_o), as ``task`` releases them."""
+        raise NotImplementedError
+
+    def apply(self, values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # without the task a top-1 or a threshold would be a guess: refuse rather than guess
+        raise TypeError(
+            f"{self.name or type(self).__name__} needs the official task; use release()"
+        )
+
+
+def apply_scores(
+    defences: list[Defence], scores: np.ndarray, task: OfficialTask, rng: np.random.Generator
+) -> np.ndarray:
+    """Apply, in scenario order, the ``scores`` defences to a model's released scores."""
+    for defence in defences:
+        if isinstance(defence, ScoreDefence):
+            scores = defence.release(scores, task, rng)
+    return scores
 
 
 def apply_stage(

@@ -411,11 +411,22 @@ def weight_noise_robustness(
     return rows
 
 
-def defended_scores(
-    official: ScoreNet, x: np.ndarray, defences: list, rng: np.random.Generator
+def owner_scores(
+    official: ScoreNet,
+    x: np.ndarray,
+    defences: list,
+    rng: np.random.Generator,
+    *,
+    owner_size: int | None = None,
+    build_official: Callable[[], ScoreNet] | None = None,
+    seed: int = 0,
+    part: int = 0,
 ) -> np.ndarray:
-    """The scores a defended data owner would send: its ``weights`` defences on a copy of N_o,
-    then its ``payload`` defences on the scores (the order score_deployment's ClientApp uses)."""
+    """The scores the network a defended data owner runs gives on ``x``: its ``weights``
+    defences on a copy of N_o, then its ``model`` defences (distillation: for each block of
+    ``owner_size`` records, as many as one owner holds, a fresh network from
+    ``build_official`` trained on the noisy N_o's top-1 answers for that block, which then
+    scores it; seeds from ``hidden.adaptive_distillation``, ``part`` and the block)."""
     from splitsim.defences import apply_stage
 
     state = official.state_dict()
@@ -426,7 +437,49 @@ def defended_scores(
             for k, v in state.items()
         }
     )
-    return apply_stage(defences, "payload", predict_scores(noisy, x), rng)
+    distillers = [(j, d) for j, d in enumerate(defences) if d.stage == "model"]
+    if not distillers:
+        return predict_scores(noisy, x)
+    if owner_size is None or build_official is None:
+        raise ValueError("a model-stage defence needs owner_size and build_official")
+    parts = []
+    for block, start in enumerate(range(0, len(x), owner_size)):
+        chunk = x[start : start + owner_size]
+        net = noisy
+        for j, defence in distillers:
+            own = seeds.int_seed(seed, "hidden.adaptive_distillation", part, block, j)
+            net = defence.distil(net, build_official, chunk, official.task.kind, own)
+        parts.append(predict_scores(net, chunk))
+    return np.concatenate(parts)
+
+
+def released_scores(
+    scores: np.ndarray, defences: list, task: OfficialTask, rng: np.random.Generator
+) -> np.ndarray:
+    """What a data owner sends of its network's scores: its ``scores`` defences (which know
+    the task), then its ``payload`` ones."""
+    from splitsim.defences import apply_scores, apply_stage
+
+    return apply_stage(defences, "payload", apply_scores(defences, scores, task, rng), rng)
+
+
+def defended_scores(
+    official: ScoreNet,
+    x: np.ndarray,
+    defences: list,
+    rng: np.random.Generator,
+    *,
+    owner_size: int | None = None,
+    build_official: Callable[[], ScoreNet] | None = None,
+    seed: int = 0,
+    part: int = 0,
+) -> np.ndarray:
+    """The scores a defended data owner would send, in the order the ClientApp applies its
+    defences (hidden_learning/protocol.py): ``owner_scores`` (weights, model; its keyword
+    arguments), then ``released_scores`` (scores, payload)."""
+    scores = owner_scores(official, x, defences, rng, owner_size=owner_size,
+                          build_official=build_official, seed=seed, part=part)  # fmt: skip
+    return released_scores(scores, defences, official.task, rng)
 
 
 def adapt_to_defences(
@@ -440,22 +493,35 @@ def adapt_to_defences(
     validation_fraction: float,
     seed: int,
     on_epoch: Progress,
+    owner_size: int | None = None,
+    build_official: Callable[[], ScoreNet] | None = None,
 ) -> list[dict[str, float]]:
     """The adaptive supplier (our extension for the comparison matrix; papers/001 assumes
     undefended clients): knowing the data owners' defences, it fine-tunes each shipped N_s on
     scores defended the way a data owner defends them, computed on its own training records,
     with fresh noise every epoch. N_o, the shipped model, is unchanged. The epoch with the best
-    mean secret accuracy on equally defended validation scores is kept."""
+    mean secret accuracy on equally defended validation scores is kept.
+
+    Against a distilling owner (``model`` stage) it distils as the owners do, on its own
+    records in blocks of ``owner_size`` (one owner's records), a fresh network from
+    ``build_official`` per block, once: distilling again every epoch would cost a training per
+    block per epoch, while the noise of the stages after it is still drawn afresh each epoch."""
     train, val = split_validation(train_all, validation_fraction, seed)
     nets = models.hidden.secrets
     official = models.hidden.official
+    task = official.task
     dev = device_of(official)
     params = [p for net in nets.values() for p in net.parameters()]
     optimiser = torch.optim.Adam(params, lr=lr)
     generator = torch.Generator().manual_seed(seeds.int_seed(seed, "hidden.adaptive_batches"))
+    owner = dict(owner_size=owner_size, build_official=build_official, seed=seed)
     val_scores = defended_scores(
-        official, val.x, defences, seeds.rng(seed, "hidden.adaptive_val_noise")
+        official, val.x, defences, seeds.rng(seed, "hidden.adaptive_val_noise"), part=1, **owner
     )
+    distilled = None
+    if any(d.stage == "model" for d in defences):
+        noise = seeds.rng(seed, "hidden.adaptive_noise", 0)
+        distilled = owner_scores(official, train.x, defences, noise, part=0, **owner)
     side = torch.as_tensor(train.side).to(dev)
     targets = {name: torch.as_tensor(train.secrets[name]).to(dev) for name in nets}
     weights = {name: torch.as_tensor(train.weight(name)).to(dev) for name in nets}
@@ -474,7 +540,11 @@ def adapt_to_defences(
     history = [{"epoch": 0, "secret_val": best}]
     for epoch in range(1, epochs + 1):
         rng = seeds.rng(seed, "hidden.adaptive_noise", epoch)
-        scores = torch.as_tensor(defended_scores(official, train.x, defences, rng)).to(dev)
+        if distilled is None:
+            defended = defended_scores(official, train.x, defences, rng)
+        else:
+            defended = released_scores(distilled, defences, task, rng)
+        scores = torch.as_tensor(defended).to(dev)
         for net in nets.values():
             net.train()
         order = torch.randperm(len(scores), generator=generator).to(dev)

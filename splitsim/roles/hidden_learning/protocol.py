@@ -3,10 +3,13 @@
 Two phases, each one message per node and one reply:
 
 - ``install``: the ServerApp ships the official weights (ArrayRecord ``official_model``); each
-  ClientApp applies its ``weights``-stage defences once and keeps its copy in ``context.state``
-  (a node's messages may be served by different Ray actors, so no module-level cache).
-- ``collect``: each ClientApp runs its copy on its users' private inputs, applies its
-  ``payload``-stage defences to the scores, and replies with the scores and the declared side
+  ClientApp applies its ``weights``-stage defences once, then its ``model``-stage ones (a
+  distilling owner trains a fresh network on the model's answers for its users' records and
+  keeps that instead), and keeps the network it will run in ``context.state`` (a node's
+  messages may be served by different Ray actors, so no module-level cache).
+- ``collect``: each ClientApp runs that network on its users' private inputs, applies its
+  ``scores``-stage defences (which know the official task: label-only, quantisation), then its
+  ``payload``-stage ones, and replies with the scores and the declared side
   fields only, plus its partition number (the same information as its Flower node id, which
   the server has anyway; the harness needs it to line up each user's ground truth).
 
@@ -112,14 +115,13 @@ def _handle(
         weights = {
             k: defence_lib.apply_stage(chosen, "weights", w, rng) for k, w in weights.items()
         }
+        if any(d.stage == "model" for d in chosen):
+            weights = _owner_model(scenario, input_shape, pid, chosen, weights)
         context.state["official_model"] = arrays_to_record(weights)
         return Message(RecordDict(), reply_to=msg)  # an empty reply says "installed"
     if phase != "collect":
         raise ValueError(f"unknown phase {phase!r}")
-    dataset = DATASETS.get(scenario.dataset.name)(
-        scenario.dataset.params, scenario.seed, scenario.tasks
-    )
-    users = dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
+    users = _users(scenario, pid)
     net = _scratch_network(scenario, input_shape)
     net.load_state_dict(record_to_state(context.state["official_model"]))  # every weight
     device = client_device(scenario.engine)
@@ -132,6 +134,7 @@ def _handle(
         net.to("cpu")
         release_cuda(device)
     rng = seeds.rng(scenario.seed, "hidden.client_payload_noise", pid)
+    scores = defence_lib.apply_scores(chosen, scores, net.task, rng)
     scores = defence_lib.apply_stage(chosen, "payload", scores, rng)
     side_fields = dataset_spec(scenario).side_fields
     payload = {"scores": scores, **{name: users.side_raw[name] for name in side_fields}}
@@ -139,6 +142,34 @@ def _handle(
         {"payload": arrays_to_record(payload), "meta": ConfigRecord({"partition": pid})}
     )
     return Message(content, reply_to=msg)
+
+
+def _users(scenario: Scenario, pid: int):  # noqa: ANN202  (the dataset's own partition type)
+    dataset = DATASETS.get(scenario.dataset.name)(
+        scenario.dataset.params, scenario.seed, scenario.tasks
+    )
+    return dataset.partition(pid, scenario.deployment.clients, scenario.deployment.users)
+
+
+def _owner_model(
+    scenario: Scenario,
+    input_shape: tuple[int, ...],
+    pid: int,
+    chosen: list,
+    weights: dict[str, np.ndarray],
+) -> dict[str, np.ndarray]:
+    """The ``model`` stage: the owner's network built from the received weights and its users'
+    records (their inputs only: it holds no labels), e.g. a distilled fresh network."""
+    received = official_network(scenario, input_shape)
+    received.load_state_dict({k: torch.from_numpy(v) for k, v in weights.items()})
+    x = _users(scenario, pid).x
+    net = received
+    for j, defence in enumerate(chosen):
+        if defence.stage == "model":
+            own_seed = seeds.int_seed(scenario.seed, "hidden.owner_distillation", pid, j)
+            net = defence.distil(net, lambda: official_network(scenario, input_shape), x,
+                                 received.task.kind, own_seed)  # fmt: skip
+    return {k: v.detach().cpu().numpy() for k, v in net.state_dict().items()}
 
 
 def server_app(

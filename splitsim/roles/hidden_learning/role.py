@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat
 
+from splitsim.data.score_data import partition_size
+from splitsim.defences import ScoreDefence
 from splitsim.defences import build as build_defences
 from splitsim.engine.resources import resolve_device
 from splitsim.errors import ScenarioError
@@ -109,7 +111,7 @@ class HiddenLearningSupplier(Role):
             "the released scores close to an honest network's (trained first; 0: off)",
         )
 
-    stages = ("payload", "weights")
+    stages = ("payload", "weights", "model", "scores")
     gpu_clients = True  # engine.client_device: N_o's forward pass on the actor's GPU share
     fault_tolerant = True  # engine.faults / on_client_failure: owners who fail are left out
     models = {"official": "health_mlp", "secret": "secret_mlp"}
@@ -166,6 +168,11 @@ class HiddenLearningSupplier(Role):
         clients = scenario.deployment.clients
         check_faults(scenario, source, ("install", "collect"), "a supplier's deployment",
                      clients, f"must be below deployment.clients ({clients})")  # fmt: skip
+        task = dataset_spec(scenario).official
+        for i, defence in enumerate(build_defences(scenario.defences)):
+            why = defence.refuses(task) if isinstance(defence, ScoreDefence) else None
+            if why:
+                raise ScenarioError(source, f"defences.{i}.name", f"{defence.name!r} {why}")
         for i, spec in enumerate(scenario.defences):
             if getattr(spec.params, "during_training", False):
                 raise ScenarioError(
@@ -219,11 +226,15 @@ class HiddenLearningSupplier(Role):
         adaptation: list[dict[str, float]] = []
         chosen = build_defences(scenario.defences)
         if p.adaptive and chosen:
+            # a distilling owner's records: the most one owner holds
+            owner_size = partition_size(scenario.deployment.users, scenario.deployment.clients, 0)
             with self.run.phase("adaptive supplier", p.adaptive_epochs) as advance:
                 adaptation = adapt_to_defences(
                     models, train, chosen, epochs=p.adaptive_epochs, batch_size=t.batch_size,
                     lr=t.lr, validation_fraction=t.validation_fraction, seed=scenario.seed,
                     on_epoch=advance,
+                    owner_size=owner_size,
+                    build_official=lambda: official_network(scenario, input_shape),
                 )  # fmt: skip
         networks = {
             "official_hidden": models.hidden.official.state_dict(),
