@@ -6,7 +6,9 @@ Phases, in the order they run (papers/001, sections 1-2):
    secret (To-and-Ts) and the paper's baselines To-then-Ts and Ts-only, scores them on its own
    held-out records (Table 1) and, if asked, under weight noise (Table 2) or against the owners'
    defences (adaptive). Flower then ships N_o to every data owner (install); each runs it on
-   its users' private records and sends back only scores and region (collect). What the
+   its users' private records and sends back only scores and region (collect). An owner may
+   sanitise what it received first (weight noise; distillation into a fresh network of its
+   own) and what it sends (label-only, quantisation, Laplace, rounding). What the
    supplier holds then (its networks, what the owners sent) is ``HiddenReceived``;
 2. attack: the supplier's server runs N_s on what it received;
 3. truth: every user's official and secret labels, which only the harness knows;
