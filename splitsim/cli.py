@@ -44,11 +44,55 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--out", default=None, help="folder (default: <output_dir>/<matrix name>/)"
     )
+    _audit_parser(sub)
+    sample = sub.add_parser(
+        "sample", help="write an auditor's records from a built-in dataset (CSV or image folder)"
+    )
+    sample.add_argument("dataset", choices=["covid_health_records", "fashion_mnist", "mnist"])
+    sample.add_argument("--n", type=int, default=6000, help="records or images (default 6000)")
+    sample.add_argument("--seed", type=int, default=1000)
+    sample.add_argument("--tasks", default="C10",
+                        help="images: papers/001 task columns, e.g. C2,C10")  # fmt: skip
+    sample.add_argument("--root", default="data", help="images: dataset root")
+    sample.add_argument("--out", required=True, help="records.csv, or a folder for images")
     sub.add_parser("list", help="name the roles, defences, datasets and models that exist")
     fetch = sub.add_parser("fetch", help="install real datasets offline (idempotent)")
     fetch.add_argument("names", nargs="+", choices=["fashion_mnist", "mnist"])
     fetch.add_argument("--root", default="data", help="dataset root (default: data)")
     return parser
+
+
+def _audit_parser(sub: argparse._SubParsersAction) -> None:
+    audit = sub.add_parser(
+        "audit",
+        help="does a supplied model release more about a sensitive attribute than an honest one?",
+        description="Train honest reference networks on your records, decode each sensitive "
+        "attribute from what the supplied model and the references release, and report the "
+        "excess with a 95 %% interval (docs/audit.md).",
+    )
+    audit.add_argument("model", metavar="MODEL",
+                       help="a TorchScript file, or a state dict with --arch")  # fmt: skip
+    audit.add_argument("--data", required=True,
+                       help="records.csv, or a folder of images with labels.csv")  # fmt: skip
+    audit.add_argument("--sensitive", required=True, help="columns to audit, e.g. cv_risk,insurer")
+    audit.add_argument("--official", required=True,
+                       help="the official label column(s) the model's outputs index")  # fmt: skip
+    audit.add_argument("--side", default="",
+                       help="fields sent in clear beside the scores, e.g. region")  # fmt: skip
+    audit.add_argument("--arch", default=None, help="registered architecture of a state dict")
+    audit.add_argument("--arch-set", action="append", default=[], metavar="KEY=VALUE",
+                       help="an architecture parameter, e.g. hidden=[32,32]")  # fmt: skip
+    audit.add_argument("--reference", default=None,
+                       help="architecture of the honest reference (default: --arch, else "
+                       "health_mlp for records and lenet for images)")  # fmt: skip
+    audit.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE")
+    audit.add_argument("--release", choices=["probabilities", "logits"], default="probabilities",
+                       help="what the deployment sends (default: probabilities)")  # fmt: skip
+    audit.add_argument("--references", type=int, default=5, help="honest references (>= 2)")
+    audit.add_argument("--reference-epochs", type=int, default=30,
+                       help="epochs of each reference (best held-out epoch kept)")  # fmt: skip
+    audit.add_argument("--seed", type=int, default=0)
+    audit.add_argument("--out", default=None, help="report folder (default: runs/audit/<stamp>/)")
 
 
 def cmd_list(console: Console) -> int:
@@ -101,6 +145,14 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if args.command == "compare":
             return cmd_compare(args, console)
+        if args.command == "sample":
+            from splitsim.audit.command import run_sample
+
+            return run_sample(args, console)
+        if args.command == "audit":
+            from splitsim.audit.command import run_audit
+
+            return run_audit(args, console)
         if args.command == "attack":
             from splitsim import api
 

@@ -87,6 +87,15 @@ PURPOSES: dict[str, int] = {
     "malicious.answer_noise": 157,
     "malicious.release": 158,
     "probe.adaptive_defences": 104,
+    # the auditor of a supplied model (splitsim audit; issue 27)
+    "audit.halves": 170,
+    "audit.reference_init": 171,
+    "audit.reference_batches": 172,
+    "audit.folds": 173,
+    "audit.decoder": 174,
+    "audit.bootstrap": 175,
+    "records.audit": 176,
+    "images.audit": 177,
 }
 
 

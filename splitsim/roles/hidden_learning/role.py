@@ -17,6 +17,7 @@ Phases, in the order they run (papers/001, sections 1-2):
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,7 @@ from splitsim.roles.hidden_learning.protocol import (
     server_app,
 )
 from splitsim.roles.hidden_learning.scores import official_quality, predict_scores, predict_secret
+from splitsim.runs import write_atomic
 from splitsim.scenario import Scenario, dataset_spec
 
 
@@ -251,6 +253,13 @@ class HiddenLearningSupplier(Role):
             },
             self.run.folder / "models.pt",
         )
+        # What the owners install, as `python -m splitsim audit` reads it (state dicts of the
+        # official architecture; docs/audit.md), and the honest network for comparison.
+        for file, net in (("shipped_model.pt", models.hidden.official),
+                          ("honest_model.pt", models.honest.official)):  # fmt: skip
+            buffer = io.BytesIO()
+            torch.save({k: v.cpu() for k, v in net.body.state_dict().items()}, buffer)
+            write_atomic(self.run.folder / file, buffer.getvalue())
 
         # Deployment to clients over Flower: install, then collect.
         clients = scenario.deployment.clients
