@@ -48,8 +48,7 @@ def top1(logits: torch.Tensor, kind: str) -> torch.Tensor:
 
 @DEFENCES.register("distillation")
 class Distillation(Defence):
-    """Train a fresh network on the received model's top-1 answers for the owner's own inputs,
-    and run it instead of the received model."""
+    """Run a fresh network trained on the received model's answers for the owner's inputs."""
 
     stage = "model"
 
