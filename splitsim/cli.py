@@ -79,6 +79,9 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
                        help="the official label column(s) the model's outputs index")  # fmt: skip
     audit.add_argument("--side", default="",
                        help="fields sent in clear beside the scores, e.g. region")  # fmt: skip
+    audit.add_argument("--features", default="",
+                       help="CSV: the model's input columns, in order, or a prefix such as "
+                       "'in_*' (default: every column not named by another flag)")  # fmt: skip
     audit.add_argument("--arch", default=None, help="registered architecture of a state dict")
     audit.add_argument("--arch-set", action="append", default=[], metavar="KEY=VALUE",
                        help="an architecture parameter, e.g. hidden=[32,32]")  # fmt: skip
@@ -88,7 +91,7 @@ def _audit_parser(sub: argparse._SubParsersAction) -> None:
     audit.add_argument("--reference-set", action="append", default=[], metavar="KEY=VALUE")
     audit.add_argument("--release", choices=["probabilities", "logits"], default="probabilities",
                        help="what the deployment sends (default: probabilities)")  # fmt: skip
-    audit.add_argument("--references", type=int, default=5, help="honest references (>= 2)")
+    audit.add_argument("--references", type=int, default=5, help="honest references (>= 3)")
     audit.add_argument("--reference-epochs", type=int, default=30,
                        help="epochs of each reference (best held-out epoch kept)")  # fmt: skip
     audit.add_argument("--seed", type=int, default=0)

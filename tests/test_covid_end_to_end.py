@@ -144,3 +144,30 @@ def test_defences_cut_the_leak_and_cost_utility(runs):
     # rounding to one decimal: every score the server saw is on the 0.1 grid
     scores = np.load(runs[2] / "received.npz")["scores"]
     assert np.allclose(scores * 10, np.round(scores * 10), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_audit_tells_the_shipped_hidden_model_from_the_honest_one(runs, tmp_path):
+    """`python -m splitsim audit` on the run's own files (issue 27): the shipped N_o releases
+    more about cv_risk than honest networks the auditor trains; the supplier's honest N_o does
+    not. The auditor's records are a population sample no supplier trained on."""
+    records = tmp_path / "records.csv"
+    assert main(["sample", "covid_health_records", "--n", "1600", "--out", str(records)]) == 0
+    verdicts = {}
+    for which in ("shipped", "honest"):
+        out = tmp_path / which
+        code = main(["audit", str(runs[0] / f"{which}_model.pt"), "--arch", "health_mlp",
+                     "--data", str(records), "--official", "severe,infected",
+                     "--sensitive", "cv_risk", "--side", "region", "--features", "in_*",
+                     "--references", "3",
+                     "--reference-epochs", "15", "--out", str(out)])  # fmt: skip
+        assert code == 0
+        verdicts[which] = json.loads((out / "audit.json").read_text())
+        assert (out / "report.md").read_text().count("cv_risk") >= 2
+    shipped, honest = (verdicts[w]["sensitive"]["cv_risk"] for w in ("shipped", "honest"))
+    assert shipped["verdict"] == "more" and shipped["interval"][0] > 0.1
+    assert honest["verdict"] != "more"
+    assert honest["interval"][0] < shipped["interval"][0] - 0.1
+    # The hidden network's decoder reads the secret about as well as the supplier's own N_s.
+    cv = results(runs[0])["metrics"]["regimes"]["secrets"]["cv_risk"]
+    assert shipped["supplied"] == pytest.approx(cv["to_and_ts"], abs=0.08)

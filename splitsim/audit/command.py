@@ -43,8 +43,10 @@ def load_data(args: argparse.Namespace) -> AuditData:
     path = Path(args.data)
     official, sensitive, side = _names(args.official), _names(args.sensitive), _names(args.side)
     if path.is_dir():
+        if args.features:
+            raise ScenarioError(str(path), "--features", "only for a CSV; images are the input")
         return AuditData.from_image_folder(path, official, sensitive, side)
-    return AuditData.from_csv(path, official, sensitive, side)
+    return AuditData.from_csv(path, official, sensitive, side, features=args.features or None)
 
 
 def out_folder(args: argparse.Namespace) -> Path:
@@ -55,8 +57,13 @@ def out_folder(args: argparse.Namespace) -> Path:
 
 
 def run_audit(args: argparse.Namespace, console: Console) -> int:
-    if args.references < 2:
-        raise ScenarioError("command line", "--references", f"{args.references}; at least 2")
+    if args.references < 3:
+        raise ScenarioError(
+            "command line",
+            "--references",
+            f"{args.references}; at least 3 (their spread "
+            "is part of the interval, and two give it one degree of freedom)",
+        )
     if not 1 <= args.reference_epochs <= 10_000:
         raise ScenarioError(
             "command line", "--reference-epochs", f"{args.reference_epochs}; allowed: 1 to 10000"
@@ -66,7 +73,16 @@ def run_audit(args: argparse.Namespace, console: Console) -> int:
     arch_params = _settings(args.arch_set, "--arch-set")
     if arch_params and args.arch is None:
         raise ScenarioError("command line", "--arch-set", "only with --arch (a state dict)")
-    model = load_model(args.model, args.arch, arch_params, input_shape)
+    try:
+        model = load_model(args.model, args.arch, arch_params, input_shape)
+    except ScenarioError as err:
+        if "size mismatch" not in err.message or data.images:
+            raise
+        raise ScenarioError(
+            err.source,
+            err.field,
+            f"{err.message}; the data gives {input_shape[0]} feature columns, chosen by --features",
+        ) from None
     outputs = data.official.shape[1] if data.kind == "multilabel" else None
     ref_arch = args.reference or args.arch or DEFAULT_REFERENCE[data.images]
     ref_params = _settings(args.reference_set, "--reference-set")

@@ -100,15 +100,30 @@ class AuditData:
         official: Sequence[str],
         sensitive: Sequence[str],
         side: Sequence[str] = (),
+        features: str | None = None,
     ) -> AuditData:
+        """``features``: comma-separated columns, or ``prefix*``; default every column that is
+        not official, sensitive or side."""
         source = str(path)
         header, rows = _read_table(Path(path), "--data")
         _check_columns(source, header, official, sensitive, side)
         named = set(official) | set(sensitive) | set(side)
-        features = [c for c in header if c not in named]
-        if not features:
-            raise ScenarioError(source, "--data", "no feature columns left for the model's input")
-        x = np.stack([_numbers(source, c, rows[c]) for c in features], axis=1).astype(np.float32)
+        if features is None:
+            chosen = [c for c in header if c not in named]
+        elif features.endswith("*"):
+            chosen = [c for c in header if c.startswith(features[:-1])]
+        else:
+            chosen = [c.strip() for c in features.split(",") if c.strip()]
+            for c in chosen:
+                if c not in header:
+                    raise ScenarioError(source, f"--features {c}", "no such column")
+        clash = [c for c in chosen if c in named]
+        if clash:
+            raise ScenarioError(source, f"--features {clash[0]}", "is also a label or side column")
+        if not chosen:
+            raise ScenarioError(source, "--features", "no feature columns for the model's input")
+        features_ = chosen
+        x = np.stack([_numbers(source, c, rows[c]) for c in features_], axis=1).astype(np.float32)
         return cls._build(source, x, rows, official, sensitive, side)
 
     @classmethod

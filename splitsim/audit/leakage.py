@@ -123,7 +123,8 @@ def excess_leakage(supplied: np.ndarray, references: list[np.ndarray], seed: int
         reference=float(accs.mean()),
         reference_each=[float(a) for a in accs],
         excess=excess,
-        interval=(excess - half, excess + half),
+        # an accuracy difference lies in [-1, 1]: so does every value the interval may claim
+        interval=(max(-1.0, excess - half), min(1.0, excess + half)),
         se_records=se_records,
         se_models=float(np.sqrt(var_models)),
         dof=float(dof),

@@ -73,8 +73,8 @@ def audit(
     progress: Progress = lambda _: None,
 ) -> dict[str, Any]:
     """The audit's numbers (JSON-ready) plus, under ``"plots"``, the arrays report.py draws."""
-    if references < 2:
-        raise ValueError("references: at least 2, their spread is half of the interval")
+    if references < 3:
+        raise ValueError("references: at least 3; their spread is half of the interval")
     model.eval()
     _check_outputs(data, released(model, data.x[:2], data.kind, release).shape[1])
     fit, decode = split_halves(len(data), seed)
