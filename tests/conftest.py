@@ -7,6 +7,7 @@ import sys
 import tempfile
 import time
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -106,11 +107,55 @@ def ray_head() -> Iterator[str]:
         yield address
 
 
+# The longest test files, longest first (alone, ``python -m pytest -q -n 0 tests/FILE``; see the
+# README). pyproject runs ``--dist loadfile --no-loadscope-reorder``: pytest-xdist hands whole
+# files to its two workers in collection order, so the long files start at once and the short
+# ones fill in at the end (xdist's default order, most tests first, started the quick files with
+# many parametrised cases first and left a long file to the end on one worker while the other
+# idled). Files not listed follow, those with more slow tests first.
+LONGEST_FIRST = (
+    "test_split_learning.py",
+    "test_compare.py",
+    "test_split_hijacking.py",
+    "test_split_owners.py",
+    "test_gradient_inversion.py",
+    "test_malicious_training.py",
+)
+
+
+def longest_files_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """``items`` with whole files in the order above (stable: a file's own order is kept)."""
+    slow = Counter(item.path.name for item in items if item.get_closest_marker("slow"))
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+
+    def key(item: pytest.Item) -> tuple[int, int, str]:
+        name = item.path.name
+        return rank.get(name, len(rank)), -slow[name], str(item.path)
+
+    return sorted(items, key=key)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items[:] = longest_files_first(items)
     # only the slow tier runs scenarios: the quick tier starts no Ray
     for item in items:
         if item.get_closest_marker("slow") is not None:
             item.fixturenames.insert(0, "shared_ray")
+
+
+def run_scenario(scenario: Path, out: Path, *sets: str) -> Path:
+    """``python -m splitsim run SCENARIO --out OUT --set ...`` in this process, which must exit
+    0; the folder of the run it wrote (the one ``results.json`` under ``out`` that was not there
+    before), so that runs of one module can share ``out``."""
+    from splitsim.cli import main
+
+    before = set(out.rglob("results.json")) if out.exists() else set()
+    args = ["run", str(scenario), "--out", str(out)]
+    for expr in sets:
+        args += ["--set", expr]
+    assert main(args) == 0
+    (new,) = set(out.rglob("results.json")) - before
+    return new.parent
 
 
 @pytest.fixture

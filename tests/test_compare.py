@@ -2,7 +2,7 @@
 defence that applies to both, one that applies to neither (n/a cells with reasons, nothing run),
 both attackers; then a comparison with a defence that applies to one role (weight noise) killed
 with SIGKILL half-way and resumed, which must read finished cells back and end with the same
-rows as an uninterrupted comparison."""
+rows as an uninterrupted comparison. A failing cell: tests/test_compare_failure.py."""
 
 from __future__ import annotations
 
@@ -212,22 +212,6 @@ def test_kill_and_resume_gives_the_same_matrix(matrix, tmp_path):
     # The cell the kill cut short, run again, is the uninterrupted comparison's cell.
     reference = cell(without_wall_time(read_csv(matrix / "matrix.csv")), *plain_key)
     assert plain == reference
-
-
-@pytest.mark.slow
-def test_a_failing_cell_is_recorded_and_the_rest_finish(tmp_path):
-    # A network no machine can hold: 10^7 x 10^7 weights are 400 TB, past any address space, so
-    # the allocation fails at once whatever the memory overcommit policy. The scenario is valid.
-    too_big = "models.official.hidden=[1, 10000000, 10000000]"
-    broken = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2", too_big],
-              "label": "hidden_learning (too big)"}  # fmt: skip
-    fine = {**HIDDEN, "set": [*HIDDEN["set"], "training.epochs=2"]}
-    path = write_matrix(tmp_path / "matrix.yaml", [fine, broken], DEFENCES[:1])
-    out = tmp_path / "out"
-    assert main(["compare", str(path), "--out", str(out)]) == 1
-    rows = read_csv(out / "matrix.csv")
-    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]
-    assert rows[2]["note"].startswith("exit 1: RuntimeError") and "allocate" in rows[2]["note"]
 
 
 def test_bad_matrix_is_one_line_and_exit_2(tmp_path, capsys):

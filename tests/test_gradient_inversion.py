@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_scenario
 from torch.nn import functional as F
 
 from splitsim.cli import main
@@ -130,13 +131,7 @@ def test_the_adaptive_servers_model_of_dp_sgd_is_opacus_own(tmp_path):
 
 
 def run(out: Path, *extra: str) -> Path:
-    before = set(out.rglob("results.json")) if out.exists() else set()
-    args = ["run", str(SCENARIO), "--out", str(out)]
-    for expr in [*SMALL, *extra]:
-        args += ["--set", expr]
-    assert main(args) == 0
-    (new,) = set(out.rglob("results.json")) - before
-    return new.parent
+    return run_scenario(SCENARIO, out, *SMALL, *extra)
 
 
 def metrics(folder: Path) -> dict:

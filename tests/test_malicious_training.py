@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_scenario
 from rich.console import Console
 
 from splitsim.cli import main
@@ -106,13 +107,7 @@ def test_whitebox_terms_pull_parameters_to_the_secret_and_decode():
 
 
 def run(out: Path, *extra: str) -> Path:
-    before = set(out.rglob("results.json")) if out.exists() else set()
-    args = ["run", str(SCENARIO), "--out", str(out)]
-    for expr in [*SMALL, *extra]:
-        args += ["--set", expr]
-    assert main(args) == 0
-    (results,) = set(out.rglob("results.json")) - before
-    return results.parent
+    return run_scenario(SCENARIO, out, *SMALL, *extra)
 
 
 def metrics(folder: Path) -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_scenario
 from flwr.app import RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
@@ -50,13 +51,7 @@ SMALL = [
 
 
 def run(out: Path, *extra: str) -> Path:
-    before = set(out.rglob("results.json")) if out.exists() else set()
-    args = ["run", str(SCENARIO), "--out", str(out)]
-    for expr in [*SMALL, *extra]:
-        args += ["--set", expr]
-    assert main(args) == 0
-    (new,) = set(out.rglob("results.json")) - before
-    return new.parent
+    return run_scenario(SCENARIO, out, *SMALL, *extra)
 
 
 def metrics(folder: Path) -> dict:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_scenario
 
 from splitsim.cli import main
 from splitsim.defences.splitguard import SplitGuard, sg_score
@@ -149,25 +150,20 @@ def test_splitguard_is_refused_by_a_role_without_a_detector_stage(tmp_path, caps
 
 
 def run(out: Path, *extra: str) -> dict:
-    before = set(out.rglob("results.json")) if out.exists() else set()
-    args = ["run", str(SCENARIO), "--out", str(out)]
-    for expr in [*SMALL, *extra]:
-        args += ["--set", expr]
-    assert main(args) == 0
-    (new,) = set(out.rglob("results.json")) - before
-    return {"folder": new.parent, **json.loads(new.read_text())}
+    folder = run_scenario(SCENARIO, out, *SMALL, *extra)
+    return {"folder": folder, **json.loads((folder / "results.json").read_text())}
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("hijack")
     return {
-        "fsha": run(out, *SMALL),
+        "fsha": run(out),
         "tiny": run(out, *TINY),
         "tiny_again": run(out, *TINY),
-        "honest_guarded": run(out, *SMALL, GUARD, "role.server=honest"),
-        "fsha_guarded": run(out, *SMALL, GUARD),
-        "adaptive_guarded": run(out, *SMALL, GUARD, "role.adaptive=true"),
+        "honest_guarded": run(out, GUARD, "role.server=honest"),
+        "fsha_guarded": run(out, GUARD),
+        "adaptive_guarded": run(out, GUARD, "role.adaptive=true"),
     }
 
 

@@ -1,9 +1,9 @@
 """Split learning on real MNIST through the real Flower simulation, small enough for CI.
 
-Four runs share one module (a fifth, the intercepting owner, runs beside them): the same seed
-twice (determinism), Laplace b = 1 with NoPeek, and
+Four runs share one module: the same seed twice (determinism), Laplace b = 1 with NoPeek, and
 the sequential schedule with a server that attacks alone using a Fashion-MNIST prior and the
-labels held by the data owners (sent with each batch).
+labels held by the data owners (sent with each batch). The owners that fail or intercept are
+in tests/test_split_owners.py, a file of its own so that the two test workers share the runs.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import run_scenario
 
 from splitsim.cli import main
 from splitsim.engine.node_state import NodeState
@@ -41,14 +42,7 @@ SMALL = [
 
 
 def run(tmp: Path, *extra: str) -> Path:
-    out = tmp / "runs"
-    before = set(out.rglob("results.json")) if out.exists() else set()
-    args = ["run", str(SCENARIO), "--out", str(out)]
-    for expr in [*SMALL, *extra]:
-        args += ["--set", expr]
-    assert main(args) == 0
-    (new,) = set(out.rglob("results.json")) - before
-    return new.parent
+    return run_scenario(SCENARIO, tmp / "runs", *SMALL, *extra)
 
 
 def results(folder: Path) -> dict:
@@ -319,71 +313,3 @@ def test_attack_reruns_the_inversion_from_the_recorded_traffic(runs, capsys):
     # a colluder's hand-over was sent during training: its size cannot change afterwards
     assert main(["attack", str(plain), "--set", "role.aux_size=100"]) == 2
     assert "role.aux_size" in capsys.readouterr().err
-
-
-@pytest.mark.slow
-def test_a_failing_data_owner_is_retried_or_left_out(runs, tmp_path):
-    """engine.on_client_failure in split training. ``retry``: owner 1 raises on its first
-    message of round 1, the message is sent again, and training is the uninterrupted one.
-    ``skip``: owner 1 is left out from there on; the server trains with owner 0 alone and
-    receives only owner 0's test images."""
-    fault = "engine.faults=[{partition: 1, rounds: [1], phase: train, kind: raise}]"
-    retried = run(tmp_path / "retry", fault, "engine.on_client_failure=retry")
-    got, want = results(retried)["metrics"], results(runs["plain"])["metrics"]
-    (failure,) = got["training"].pop("failures")
-    assert failure["phase"] == "train" and failure["action"] == "retried"
-    assert "participant 1 failed in round 1" in failure["error"]
-    assert got["training"].pop("owners_left_out") == {}
-    assert want["training"].pop("failures") == [] and want["training"].pop("owners_left_out") == {}
-    # the retry is within the step's exchange: the same round trips, two more wire lines
-    assert got.pop("wire")["messages"] == want.pop("wire")["messages"] + 2
-    assert got == want
-    # its training and what the server received are checked, not its decoder: one epoch of it
-    skip = ("engine.on_client_failure=skip", "role.decoder_epochs=1")
-    skipped = run(tmp_path / "skip", fault, *skip)
-    m = results(skipped)["metrics"]
-    assert m["training"]["owners_left_out"] == {"1": "train round 1"}
-    assert [f["action"] for f in m["training"]["failures"]] == ["skipped"]
-    received = np.load(skipped / "received.npz")
-    assert received["inference_z"].shape == (200, 500)  # owner 0's half of the 400 test images
-    assert m["utility"]["accuracy"] > 0.5
-
-
-@pytest.mark.slow
-def test_an_intercepting_owner_inverts_the_copy_it_got(runs, tmp_path, capsys):
-    # papers/003, Appendix A's third attacker: owner 0 reconstructs owner 1's test images from a
-    # copy of owner 1's exchange, with its own images and its own segment; training is the same.
-    folder = run(tmp_path, "role.access=intercepting", "role.training_targets=0")
-    m = results(folder)["metrics"]
-    wire = read(folder / "wire.jsonl")
-    (copy_,) = [w for w in wire if w["phase"] == "intercept" and w["sender"] == "server"]
-    (answer,) = [w for w in wire if w["phase"] == "answer" and w["sender"] == "server"]
-    assert copy_["receiver"] != answer["receiver"]  # the copy went to another owner
-    victim_z = [
-        rec["entries"]["z"]
-        for w in wire
-        if w["phase"] == "infer" and w["sender"] == answer["receiver"]
-        for rec in w["records"]
-        if rec["name"] == "intermediate"
-    ]
-    intercepted = {r["name"]: r["entries"] for r in copy_["records"]}["intercepted"]
-    assert victim_z == [intercepted["z"]]  # the victim's tensors, as they crossed the wire
-    # it holds no f2 and no training log; its segment is the one every owner got
-    meta = json.loads((folder / "received.json").read_text())
-    assert meta["server_weights#keys"] == [] and meta["history"] == []
-    with np.load(folder / "received.npz") as got, np.load(runs["plain"] / "received.npz") as srv:
-        for key in meta["client_weights#keys"]:
-            name = f"client_weights/{key}"
-            np.testing.assert_array_equal(got[name], srv[name])
-    assert m["attack"]["access"] == "intercepting" and m["attack"]["victim"] == 1
-    assert m["utility"]["test_images"] == 200  # the victim's share of 400
-    assert m["utility"]["accuracy"] > 0.8  # the server's answers to the victim
-    assert m["utility"]["accuracy_without_inference_noise"] is None
-    leak = m["leakage"]["inference"]
-    assert leak["reference_accuracy"] > 3 * m["utility"]["chance"], leak
-    assert leak["ssim"] > 0.2, leak
-    assert (folder / "reconstructions.png").stat().st_size > 0
-    # its own images stay its own: how many it trains on can change in a re-attack
-    assert main(["attack", str(folder), "--set", "role.aux_size=200"]) == 0
-    (again,) = (folder / "attacks").glob("2*")
-    assert results(again)["metrics"]["attack"]["aux_size"] == 200
