@@ -247,17 +247,22 @@ def plot(out: Path) -> None:
             style = dict(color=colours[r["closeness"]], marker=markers[s], s=36, alpha=0.85)
             axes[0].scatter(c["margin"], c["accuracy"], **style)
             axes[1].scatter(n["severe_auc_gap"], c["accuracy"], **style)
-            axes[0].annotate(f"{r['secret_weight']:g}", (c["margin"], c["accuracy"]),
-                             fontsize=6, xytext=(3, 2), textcoords="offset points")  # fmt: skip
+            if s == secrets[0]:  # the others crowd near chance: their labels would overlap
+                axes[0].annotate(f"{r['secret_weight']:g}", (c["margin"], c["accuracy"]),
+                                 fontsize=6, xytext=(3, 2), textcoords="offset points")  # fmt: skip
     axes[0].axvline(0, color="grey", lw=0.8, ls="--")
     axes[1].axvline(0.01, color="grey", lw=0.8, ls="--")
     axes[0].set_xlabel("audit's detection margin: lower bound of the excess interval (points)")
     axes[1].set_xlabel("severe-risk AUC gap, honest minus hidden")
     axes[0].set_ylabel("secret accuracy, To-and-Ts (%)")
+    box = out / "black_box.json"
+    box = json.loads(box.read_text())["to_then_ts"] if box.exists() else {}
     for s in secrets:
         chance = 100 * found[0]["supplier"]["secrets"][s]["chance"]
         for ax in axes:
             ax.axhline(chance, color="grey", lw=0.5, ls=":")
+            if s in box:
+                ax.axhline(100 * box[s], color="tab:red", lw=0.6, ls="-.")
     handles = [
         plt.Line2D([], [], color=colours[m], marker="o", ls="", label=f"mu = {m:g}") for m in mus
     ] + [
@@ -265,7 +270,10 @@ def plot(out: Path) -> None:
         for s in secrets
     ]
     axes[1].legend(handles=handles, fontsize=7, loc="best")
-    fig.suptitle("Stealthy hidden learning on the Covid app (labels: lambda); dotted: chance")
+    fig.suptitle(
+        "Stealthy hidden learning on the Covid app (labels: lambda); dotted: chance, "
+        "dash-dot: the black-box attacker (To-then-Ts)"
+    )
     fig.tight_layout()
     image = io.BytesIO()
     fig.savefig(image, format="png", dpi=120)
