@@ -61,7 +61,10 @@ def test_a_failing_data_owner_is_retried_or_left_out(plain, tmp_path):
 def test_an_intercepting_owner_inverts_the_copy_it_got(plain, tmp_path, capsys):
     # papers/003, Appendix A's third attacker: owner 0 reconstructs owner 1's test images from a
     # copy of owner 1's exchange, with its own images and its own segment; training is the same.
-    folder = run(tmp_path, "role.access=intercepting", "role.training_targets=0")
+    # one decoder epoch (was four): the reference classifier reads 84.5 % of the victim's images
+    # and SSIM is 0.39 (seed 1: 88.5 %, 0.42), against 3 x chance (45 %) and 0.2 below
+    folder = run(tmp_path, "role.access=intercepting", "role.training_targets=0",
+                 "role.decoder_epochs=1")  # fmt: skip
     m = results(folder)["metrics"]
     wire = read(folder / "wire.jsonl")
     (copy_,) = [w for w in wire if w["phase"] == "intercept" and w["sender"] == "server"]
