@@ -89,9 +89,15 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60)
     parser.add_argument("--records", type=int, default=6000, help="the auditor's records")
     parser.add_argument("--only", default="", help="comma-separated model names")
+    parser.add_argument("--reference-epochs", type=int, default=30)
+    parser.add_argument(
+        "--models", default=None, help="folder of trained models to reuse (default: <out>/models)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
+    models = Path(args.models) if args.models else out / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     # the auditor's records: a sample of the same population no supplier trained on
     records = generate(args.records, seeds.stream(1000, "records.test"))
     data = AuditData.from_score_data(
@@ -102,7 +108,7 @@ def main() -> None:
         result_path = out / f"{name}.json"
         if result_path.exists():
             continue
-        model_path = out / "models" / f"{name}.pt"
+        model_path = models / f"{name}.pt"
         start = time.perf_counter()
         if not model_path.exists():
             body = train_model(hidden, seed, n, widths, secrets, args.epochs)
@@ -114,7 +120,9 @@ def main() -> None:
         def reference(path: Path = model_path, params: dict = params) -> torch.nn.Module:
             return build_architecture(str(path), "health_mlp", params, INPUT, TASK.outputs)
 
-        result = audit(model, data, reference, seed=0, progress=print)
+        result = audit(
+            model, data, reference, seed=0, progress=print, reference_epochs=args.reference_epochs
+        )
         result.pop("plots")
         result["model"] = {
             "name": name,
