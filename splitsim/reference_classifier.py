@@ -18,6 +18,7 @@ from torch import nn
 
 from splitsim.models.split_cnn import ReferenceCNN
 from splitsim.runs import write_atomic
+from splitsim.threads import one_thread
 
 EPOCHS = 3
 
@@ -26,16 +27,35 @@ def reference_classifier(
     x: np.ndarray, y: np.ndarray, root: str, seed: int, key: str = "mnist"
 ) -> nn.Module:
     """Train (or load the cached) reference classifier on ``(x, y)``."""
-    path = Path(root) / "splitsim-cache" / f"reference_{key}_n{len(x)}_seed{seed}.pt"
-    model = ReferenceCNN(int(y.max()) + 1)
+    # "_1t": trained in one thread. Two thread counts train two different networks (a conv's
+    # backward sums in another order), and a cache filled by whichever process came first made
+    # a run's judge depend on who trained it (a clean CI clone: same-seed runs disagreed).
+    path = Path(root) / "splitsim-cache" / f"reference_{key}_n{len(x)}_seed{seed}_1t.pt"
     if path.exists():
+        model = ReferenceCNN(int(y.max()) + 1)
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    model.train()
+    with one_thread():
+        torch.manual_seed(seed)  # before the network is built: its initial weights come from it
+        model = ReferenceCNN(int(y.max()) + 1)
+        generator = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        model.train()
+        _train(model, optimizer, torch.from_numpy(x), torch.from_numpy(y), generator)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    write_atomic(path, buffer.getvalue())  # matrix cells side by side share this cache
+    return model.eval()
+
+
+def _train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    xt: torch.Tensor,
+    yt: torch.Tensor,
+    generator: torch.Generator,
+) -> None:
     for _ in range(EPOCHS):
         order = torch.randperm(len(xt), generator=generator)
         for start in range(0, len(order), 64):
@@ -44,11 +64,6 @@ def reference_classifier(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buffer = io.BytesIO()
-    torch.save(model.state_dict(), buffer)
-    write_atomic(path, buffer.getvalue())  # matrix cells side by side share this cache
-    return model.eval()
 
 
 def predict(model: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
