@@ -19,10 +19,11 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 from torch import nn
-from torch.nn import functional as F
 
+from splitsim.data.score_data import OfficialTask
 from splitsim.errors import ScenarioError
 from splitsim.registry import MODELS
+from splitsim.roles.hidden_learning.scores import to_scores
 
 Release = Literal["probabilities", "logits"]
 
@@ -121,7 +122,5 @@ def released(
         logits = net(torch.as_tensor(x[i : i + batch])).float()
         if logits.ndim == 1:
             logits = logits[:, None]
-        if release == "probabilities":
-            logits = torch.sigmoid(logits) if kind == "multilabel" else F.softmax(logits, dim=1)
-        parts.append(logits)
+        parts.append(to_scores(logits, OfficialTask(kind=kind, names=(), released=release)))
     return torch.cat(parts).numpy()
