@@ -51,7 +51,9 @@ def fit_decoder(
     the best validation MSE, on the CPU, and the per-epoch history."""
     generator = torch.Generator().manual_seed(seed)
     decoder.to(device)
-    optimiser = torch.optim.Adam(decoder.parameters(), lr=lr)
+    # foreach: the single-tensor loop's arithmetic, bit for bit (measured), in a few vectorised
+    # calls: papers/003's decoder's Adam step fell from 27 to 13 ms of CPU at one thread.
+    optimiser = torch.optim.Adam(decoder.parameters(), lr=lr, foreach=True)
     best, best_state, history = float("inf"), None, []
     for epoch in range(1, epochs + 1):
         decoder.train()

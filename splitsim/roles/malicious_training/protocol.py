@@ -162,7 +162,7 @@ def local_training(
         augmented = torch.cat([augmented, torch.ones(len(xa), dtype=torch.bool)])
     elif code is not None:
         term = (code.segment(owner), secret_vector(code, x))
-    optimiser = torch.optim.Adam(net.parameters(), lr=lr)
+    optimiser = torch.optim.Adam(net.parameters(), lr=lr, foreach=True)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(len(xs), generator=generator)

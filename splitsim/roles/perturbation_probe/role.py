@@ -461,7 +461,7 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
         return model.eval()
     torch.manual_seed(seeds.int_seed(seed, "probe.served_model"))
     generator = torch.Generator().manual_seed(seeds.int_seed(seed, "probe.served_model"))
-    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
+    optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     for _ in range(epochs):
         model.train()

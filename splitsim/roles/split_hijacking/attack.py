@@ -81,9 +81,9 @@ class Hijacker:
         self.decoder = decoder_for(split, p.decoder == "deep").to(device)
         self.critic = critic(split, p.critic_hidden).to(device)
         self.opt_pilot = torch.optim.Adam(
-            [*self.pilot.parameters(), *self.decoder.parameters()], lr=p.lr_pilot
-        )
-        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=p.lr_critic)
+            [*self.pilot.parameters(), *self.decoder.parameters()], lr=p.lr_pilot, foreach=True
+        )  # foreach: bit for bit the default loop's arithmetic, in fewer calls (decoding.py)
+        self.opt_critic = torch.optim.Adam(self.critic.parameters(), lr=p.lr_critic, foreach=True)
         d = scenario.dataset.params
         self.public = torch.from_numpy(
             aux_images("same", d.root, p.aux_size, 0, None, scenario.seed, d.download).x

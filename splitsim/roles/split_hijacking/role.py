@@ -317,7 +317,7 @@ class HijackingServer(Role):
         torch.manual_seed(seed)
         segment, head = split_parts(self.scenario)
         net = torch.nn.Sequential(segment, head)
-        optimiser = torch.optim.Adam(net.parameters(), lr=self.params.lr_pilot)
+        optimiser = torch.optim.Adam(net.parameters(), lr=self.params.lr_pilot, foreach=True)
         generator = torch.Generator().manual_seed(seed)
         xt, yt = torch.from_numpy(x), torch.from_numpy(y.astype(np.int64))
         batch = self.scenario.training.batch_size
