@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from flwr.app import Array
 
-from splitsim.engine.codec import array_to_numpy, arrays_to_record, record_to_arrays
+from splitsim.engine.codec import (
+    array_to_numpy,
+    arrays_to_record,
+    numpy_to_array,
+    record_to_arrays,
+)
 
 ARRAYS = {
     "float32": np.arange(12, dtype=np.float32).reshape(3, 4) / 7,
@@ -42,3 +47,24 @@ def test_a_record_round_trips():
     assert list(back) == list(arrays)
     for name, value in arrays.items():
         assert np.array_equal(back[name], value), name
+
+
+@pytest.mark.parametrize("name", sorted(ARRAYS))
+def test_an_array_encodes_byte_for_byte_as_flower_encodes_it(name):
+    # What crosses the boundary must not change with the one-copy encoder: the same Array
+    # fields and the same bytes as Flower's own np.save path, in any layout or dtype.
+    for value in (ARRAYS[name], np.ascontiguousarray(ARRAYS[name])):
+        ours, flowers = numpy_to_array(value), Array.from_numpy_ndarray(value)
+        assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+        assert type(ours.data) is bytes and ours.data == flowers.data
+
+
+def test_a_view_decodes_the_same_values_and_cannot_be_written():
+    value = np.arange(12, dtype=np.float32).reshape(3, 4) / 7
+    array = Array.from_numpy_ndarray(value)
+    view = array_to_numpy(array, copy=False)
+    assert np.array_equal(view, value) and view.dtype == value.dtype
+    assert not view.flags.writeable  # a reader that writes fails loudly, not silently
+    assert array_to_numpy(array).flags.writeable
+    back = record_to_arrays(arrays_to_record({"w": value}), copy=False)
+    assert np.array_equal(back["w"], value)

@@ -1,5 +1,6 @@
 """engine/flower_speed.py: Flower's simulation loop without the 0.1 s tick hands out the same
-messages in the same order as Flower's own, and a run gives the same metrics with either.
+messages in the same order as Flower's own, and a run gives the same metrics with either; and
+split training's FedAvg and forward-pass cache, changed for 100 owners, compute what they did.
 
 The quick tests drive a real in-memory link state, as Flower's simulation builds it; the slow
 ones run a split-learning and a Covid scenario through the real Ray simulation twice."""
@@ -13,7 +14,9 @@ import time
 from pathlib import Path
 
 import flwr
+import numpy as np
 import pytest
+import torch
 from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.proto.task_pb2 import Task  # pylint: disable=E0611
@@ -28,8 +31,9 @@ from flwr.superlink.federation import NoOpFederationManager
 from flwr.superlink.grid import InMemoryGrid
 
 from splitsim.cli import main
-from splitsim.engine import flower_speed
+from splitsim.engine import flower_speed, split_training
 from splitsim.engine.flower_speed import Inbox
+from splitsim.engine.split_training import fedavg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -223,3 +227,55 @@ def test_covid_metrics_are_the_same_with_either_loop(tmp_path):
         ],
     )
     assert stock == indexed
+
+
+# The 100-owner transport (engine/split_training.py): what was changed for speed must compute
+# the same bits as before.
+
+
+def fedavg_as_summed_before(weights: dict, sizes: dict) -> dict:
+    """The FedAvg of commit 86c59e5: a new float64 copy per owner, summed with ``sum``."""
+    total = sum(sizes[p] for p in weights)
+    names = next(iter(weights.values())).keys()
+    return {
+        name: sum(
+            weights[p][name].astype(np.float64) * (sizes[p] / total) for p in sorted(weights)
+        ).astype(np.float32)
+        for name in names
+    }
+
+
+@pytest.mark.parametrize("owners", [1, 2, 7])
+def test_fedavg_in_place_gives_the_same_bits(owners):
+    rng = np.random.default_rng(owners)
+    pids = rng.permutation(20)[:owners].tolist()  # not in order: the sum goes in owner order
+    weights = {
+        p: {"w": rng.standard_normal((30, 17)).astype(np.float32),
+            "b": (rng.standard_normal(17) * 1e6).astype(np.float32)}
+        for p in pids
+    }  # fmt: skip
+    sizes = {p: int(rng.integers(1, 500)) for p in pids}
+    ours, before = fedavg(weights, sizes), fedavg_as_summed_before(weights, sizes)
+    assert list(ours) == list(before)
+    for name in before:
+        assert ours[name].dtype == before[name].dtype == np.float32
+        assert ours[name].tobytes() == before[name].tobytes(), name
+
+
+def test_an_actor_keeps_a_forward_pass_per_owner_and_drops_the_stale_ones():
+    split_training._FORWARDS.clear()
+    states = [object() for _ in range(100)]
+    try:
+        z = torch.zeros(1)
+        for pid, state in enumerate(states):  # step 1 of round 1 for 100 owners
+            split_training._keep_forward(state, pid, 1, 1, z, owners=100)
+        assert len(split_training._FORWARDS) == 100  # a cap of 16 kept the last 16 only
+        assert split_training._cached_forward(states[0], 0, 1, 1) is z
+        assert split_training._cached_forward(states[1], 1, 1, 2) is None  # another step
+        split_training._keep_forward(states[0], 0, 1, 3, z, owners=100)
+        assert list(split_training._FORWARDS) == [(id(states[0]), 0)]  # step 1 is stale now
+        for pid, state in enumerate(states):
+            split_training._keep_forward(state, pid, 2, pid, z, owners=1000)
+        assert len(split_training._FORWARDS) <= split_training._MAX_FORWARDS_CAP
+    finally:
+        split_training._FORWARDS.clear()

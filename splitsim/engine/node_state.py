@@ -89,6 +89,11 @@ class NodeState:
     def weights(self) -> dict[str, np.ndarray]:
         return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
 
+    def views(self) -> dict[str, np.ndarray]:
+        """The weights as views of the file, not copies: for encoding them at once (a copy
+        first would be one more pass over 18 MB); they change as the node trains."""
+        return {k: v.detach().numpy() for k, v in self.model.state_dict().items()}
+
     def step(self) -> None:
         self.optimizer.step()
 
