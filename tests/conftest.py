@@ -1,4 +1,6 @@
 import contextlib
+import fcntl
+import hashlib
 import os
 import shutil
 import signal
@@ -8,7 +10,7 @@ import tempfile
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -170,6 +172,31 @@ def run_scenario(scenario: Path, out: Path, *sets: str) -> Path:
     assert main(args) == 0
     (new,) = set(out.rglob("results.json")) - before
     return new.parent
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """``run_scenario`` for a run that test files on either test worker read alike (the same
+    scenario and settings): the first to ask runs it, holding a lock in the session's shared
+    temp folder; the others wait for it and read the same folder. A reader must not write
+    into that folder (a re-attack does: give it a run of its own)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is under the session's
+        root = root.parent
+    root = root / "shared-runs"
+
+    def get(scenario: Path, *sets: str) -> Path:
+        key = hashlib.sha256("\0".join([str(scenario), *sets]).encode()).hexdigest()[:16]
+        home = root / key
+        home.mkdir(parents=True, exist_ok=True)
+        with open(home / "lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            done = home / "folder"
+            if not done.exists():
+                done.write_text(str(run_scenario(scenario, home / "runs", *sets)))
+            return Path(done.read_text())
+
+    return get
 
 
 @pytest.fixture
