@@ -6,6 +6,7 @@ what a finished run recorded as received."""
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.console import Console
 from splitsim import reporting
 from splitsim.errors import ScenarioError
 from splitsim.registry import ROLES
-from splitsim.roles.base import Evaluation, Role
+from splitsim.roles.base import DEPLOYED, Evaluation, Role
 from splitsim.runs import Run, open_run, versions
 from splitsim.scenario import Scenario, apply_override, read_yaml, validate
 
@@ -24,12 +25,26 @@ def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = 
     role_cls: type[Role] = ROLES.get(scenario.role.name)
     console.print(f"[bold]{scenario.name}[/bold]: role {scenario.role.name}, seed {scenario.seed}")
     with open_run(scenario, console, Path(out) if out else None) as run:
-        evaluation = role_cls(scenario, run).execute()
+        with _ray_for(run, scenario, role_cls):
+            evaluation = role_cls(scenario, run).execute()
         _finish(run, scenario, role_cls, evaluation, started)
     _track(run.folder, scenario, console)
     console.print(role_cls.report.console_table(evaluation.metrics))
     console.print(f"run folder: [bold]{run.folder}[/bold]")
     return run.folder
+
+
+def _ray_for(run: Run, scenario: Scenario, role_cls: type[Role]) -> AbstractContextManager:
+    """A run that will deploy starts its local Ray now, as a process of its own, to join when
+    its Flower phase comes (engine/local_ray.py); a resumed run past its deployment starts
+    none. Its workers import what the role's client apps need while the run trains."""
+    if run.resumed and (run.checkpoints / DEPLOYED).is_file():
+        return nullcontext()
+    from splitsim.engine.simulation import own_ray
+
+    preload = ("torch", "flwr.simulation.ray_transport.ray_actor",
+               "splitsim.engine.shipped_app", role_cls.__module__)  # fmt: skip
+    return own_ray(scenario.engine, preload)
 
 
 def _finish(

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 import warnings
 from collections.abc import MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
@@ -29,8 +31,12 @@ def backend_config(engine: Engine) -> dict:
     """Flower's Ray backend settings: per-client resources, and either a local Ray (capped to
     ``ray_cpus``) or, with ``ray_address`` (or ``RAY_ADDRESS``), an existing cluster, which
     keeps its own size."""
+    from splitsim.engine import local_ray
+
     init_args: dict = {"log_to_driver": False, "include_dashboard": False}
     address = cluster_address(engine.ray_address, engine.ray_cpus is not None)
+    if address is None:  # the run's own head, started when the run began, sized as below
+        address = local_ray.address()
     if address is not None:
         init_args["address"] = address
     else:
@@ -74,9 +80,42 @@ def quiet_flower() -> None:
     still is the in-process simulation entry point in flwr 1.41); our progress bars replace
     that chatter, errors still show."""
     logging.getLogger("flwr").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    quiet_ray()
     warnings.filterwarnings("ignore", category=FutureWarning, module="ray")
+
+
+def quiet_ray(env: MutableMapping[str, str] | None = None) -> None:
+    env = os.environ if env is None else env
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    env.setdefault("RAY_DEDUP_LOGS", "0")
+
+
+def ray_environment(env: MutableMapping[str, str]) -> None:
+    """``env`` as a local Ray started by ``simulate`` would see it: what a run's own Ray head
+    (engine/local_ray.py), which its workers inherit, starts with."""
+    telemetry_defaults(env)
+    local_only_ray(env)
+    quiet_ray(env)
+
+
+def own_ray(engine: Engine, preload: tuple[str, ...] = ()) -> AbstractContextManager:
+    """A run's own local Ray head for the block (engine/local_ray.py), where the run would
+    start a local Ray: not on a SuperLink's grid or an existing cluster, from the main thread
+    on Linux (the kernel's end-with-the-parent signal follows the starting thread: another
+    thread's end would stop the head mid-run), and unless ``SPLITSIM_WARM_RAY=0``."""
+    from splitsim.engine import hosting, local_ray
+
+    if (
+        hosting.current() is not None
+        or cluster_address(engine.ray_address, engine.ray_cpus is not None) is not None
+        or os.environ.get("SPLITSIM_WARM_RAY", "1") == "0"
+        or not sys.platform.startswith("linux")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        return nullcontext()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    ray_environment(env)
+    return local_ray.warm_head(env, engine.ray_cpus, preload)
 
 
 def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: Engine) -> None:
@@ -88,9 +127,12 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
         host.serve(server_app, nodes)  # each SuperNode builds its own ClientApp
         return
     telemetry_defaults()
-    config = backend_config(engine)
-    if config["init_args"]["address"] == "local":
+    if cluster_address(engine.ray_address, engine.ray_cpus is not None) is None:
+        # a local Ray, started now or when the run began (engine/local_ray.py): the driver
+        # too must see loopback as the node's address, or Ray reads the head's 127.0.0.1
+        # as the machine's outward address and never reaches it
         local_only_ray()
+    config = backend_config(engine)
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 
     from splitsim.engine import flower_speed

@@ -1,0 +1,169 @@
+"""A run's private local Ray, started as a process of its own when the run starts.
+
+A run that will start a local Ray for its Flower phase starts it instead at its beginning,
+with ``ray start --head --block`` in a process of its own, on loopback and with the local-only
+and telemetry settings ``engine/simulation.py`` applies to a ``ray.init``. Ray's start-up then
+runs on the core the supplier's one-threaded training leaves idle, and the Flower phase joins
+the running head by address (engine/simulation.py ``backend_config``): measured on the 2-core
+box, the Covid app's Flower phase fell from 9.4 s to ... (docs/covid_app.md). Starting Ray in
+a background *thread* of the run instead gained 0.9 s: its start-up held the GIL, and Ray's
+processes end with the thread that started them.
+
+The head's workers start with it (Ray's ``enable_worker_prestart``) and import ``torch``,
+Flower's actor and the role's modules as they start (``preload_python_modules``), while the
+supplier still trains: the Flower phase's actors are then ready at once.
+
+The head lives as long as the run: it is stopped (its process group) when the run ends, fails
+or is interrupted, and when the run's process dies without cleaning up (killed with -9), the
+kernel ends it too (``PR_SET_PDEATHSIG``). Where it cannot start or does not answer, the run
+starts Ray as before (``ray.init``). ``SPLITSIM_WARM_RAY=0`` turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+READY_S = 60.0  # a head not up by then is stopped, and the run starts Ray itself
+STOP_S = 10.0
+
+
+@dataclass
+class Head:
+    process: subprocess.Popen
+    temp: Path
+    address: str
+
+    def ready(self, timeout_s: float = READY_S) -> bool:
+        """Whether the head is up (waiting for it at most ``timeout_s``): ``ray start`` writes
+        its address file once every process of the head has started."""
+        deadline = time.monotonic() + timeout_s
+        while not (self.temp / "ray_current_cluster").is_file():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        """End the head and every process it started (its process group), then its files.
+        SIGKILL, not Ray's graceful SIGTERM: on SIGTERM to the group the autoscaler's
+        monitor waits for ever to report to a GCS that has already ended, and ``ray start``
+        waits for the monitor (ray 2.55); the run has finished with the head."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=STOP_S)
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+_head: Head | None = None
+
+
+def address() -> str | None:
+    """The address of this run's warm head once it answers; None: there is none (or it did
+    not come up, and has been stopped): the Flower phase starts Ray itself."""
+    global _head
+    if _head is None:
+        return None
+    if _head.ready():
+        return _head.address
+    log.warning("the run's Ray head did not start (%s); starting Ray in the run", _head.temp)
+    _head.stop()
+    _head = None
+    return None
+
+
+@contextlib.contextmanager
+def warm_head(env: dict[str, str], cpus: int | None, preload: tuple[str, ...]) -> Iterator[None]:
+    """Within this block a private local Ray head runs, for the block's Flower phases to join
+    (``address``): started with ``env`` (Ray's settings for a local run), ``cpus`` (None: all),
+    and ``preload``, modules its workers import as they start."""
+    global _head
+    if _head is not None:
+        yield
+        return
+    try:
+        _head = start(env, cpus, preload)
+    except OSError as error:
+        log.warning("could not start the run's Ray head (%s); starting Ray in the run", error)
+        yield
+        return
+    try:
+        yield
+    finally:
+        head, _head = _head, None
+        if head is not None:
+            head.stop()
+
+
+def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...] = ()) -> Head:
+    """``ray start --head --block`` on loopback, in a session of its own."""
+    from splitsim.engine.deployment import free_port
+
+    env = dict(env)
+    # Workers start with the head, not when the Flower phase asks for its actors, and import
+    # what the actors will need as they start: measured, two actors ready 0.06 s after the
+    # phase asked, against 2.5 s for workers started then (importing torch and splitsim).
+    env.setdefault("RAY_enable_worker_prestart", "1")
+    if preload:
+        env.setdefault("RAY_preload_python_modules", ",".join(preload))
+    _remove_stale()
+    # Ray's socket paths live in its temp dir and must stay under the 107-character limit.
+    temp = Path(tempfile.mkdtemp(prefix=f"splitsim-ray-{os.getpid()}-", dir="/tmp"))
+    port = free_port()
+    sized = [] if cpus is None else [f"--num-cpus={cpus}"]
+    args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
+            f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+            "--disable-usage-stats", f"--temp-dir={temp}", *sized]  # fmt: skip
+    try:
+        with open(temp / "ray_start.log", "wb") as out:
+            process = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, preexec_fn=functools.partial(_end_with, os.getpid()),
+            )  # fmt: skip
+    except OSError:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+    return Head(process, temp, f"127.0.0.1:{port}")
+
+
+def _end_with(parent: int) -> None:
+    """In the child, before ``ray start`` runs: the kernel kills it when the run's process
+    ends without stopping it, and with it the head's processes, which Ray starts to end with
+    ``ray start --block`` (and workers end with their raylet)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the run ended before the signal was asked for
+        os._exit(1)
+
+
+def _remove_stale() -> None:
+    """The files of heads whose run was killed (-9) before it could remove them."""
+    for temp in Path("/tmp").glob("splitsim-ray-*-*"):
+        pid = temp.name.split("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(temp, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
