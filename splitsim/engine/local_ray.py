@@ -4,9 +4,10 @@ A run that will start a local Ray for its Flower phase starts it instead at its 
 with ``ray start --head --block`` in a process of its own, on loopback and with the local-only
 and telemetry settings ``engine/simulation.py`` applies to a ``ray.init``. Ray's start-up then
 runs on the core the supplier's one-threaded training leaves idle, and the Flower phase joins
-the running head by address (engine/simulation.py ``backend_config``): measured on the 2-core
-box, the Covid app's Flower phase fell from 9.4 s to ... (docs/covid_app.md). Starting Ray in
-a background *thread* of the run instead gained 0.9 s: its start-up held the GIL, and Ray's
+the running head by address (engine/simulation.py ``backend_config``). Measured on the shared
+2-core box (docs/covid_app.md): the Covid app's Flower phase 9.0 s against 15.1 s with
+``ray.init`` at load 3, 14.4-17.0 s against 29.4 s at load 6-8. Starting Ray in a background
+*thread* of the run instead gained 0.9 s: its start-up held the GIL, and Ray's
 processes end with the thread that started them.
 
 The head's workers start with it (Ray's ``enable_worker_prestart``) and import ``torch``,
