@@ -128,7 +128,8 @@ def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...]
     port = free_port()
     sized = [] if cpus is None else [f"--num-cpus={cpus}"]
     args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+            f"--port={port}", f"--ray-client-server-port={free_port()}",  # not 10001: two
+            "--node-ip-address=127.0.0.1", "--include-dashboard=false",  # runs at once
             "--disable-usage-stats", f"--temp-dir={temp}", *sized]  # fmt: skip
     try:
         with open(temp / "ray_start.log", "wb") as out:
