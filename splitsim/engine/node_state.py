@@ -87,7 +87,7 @@ class NodeState:
                 value.copy_(torch.from_numpy(weights[name]))
 
     def weights(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
+        return {k: v.copy() for k, v in self.views().items()}
 
     def views(self) -> dict[str, np.ndarray]:
         """The weights as views of the file, not copies: for encoding them at once (a copy
