@@ -2,11 +2,8 @@ import contextlib
 import fcntl
 import hashlib
 import os
-import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 import warnings
 from collections import Counter
@@ -34,47 +31,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def ray_ready(address: str) -> bool:
-    """Whether a Ray head answers at ``address``, asked from a separate process."""
-    code = "import sys, ray; ray.init(address=sys.argv[1], log_to_driver=False); ray.shutdown()"
-    try:
-        subprocess.run([sys.executable, "-c", code, address], capture_output=True, check=True,
-                       timeout=60)  # fmt: skip  # ray.init waits for ever on a silent address
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-        return False
-    return True
-
-
 @contextlib.contextmanager
-def loopback_head(cpus: int = 2) -> Iterator[str]:
-    """A Ray head on loopback (``ray start --head --block``), its address while it runs; ending
-    the ``ray start`` process group stops it and its processes, and only those (``ray stop``
-    would stop every Ray on the machine, another test worker's too)."""
-    from splitsim.engine.deployment import free_port
+def loopback_head(cpus: int) -> Iterator[str]:
+    """A Ray head on loopback, as a run's own (engine/local_ray.py ``start``: ``ray start
+    --head --block`` with local-only, telemetry-off settings), its address while it runs;
+    stopped with its process group, and only that (``ray stop`` would stop every Ray on the
+    machine, another test worker's too)."""
+    from splitsim.engine import local_ray
+    from splitsim.engine.simulation import local_only_ray, ray_environment
 
-    port = free_port()
-    # Ray's socket paths live in its temp dir and must stay under the 107-character limit.
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    head = subprocess.Popen(
-        ["ray", "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
-         f"--num-cpus={cpus}", "--include-dashboard=false", "--disable-usage-stats",
-         f"--temp-dir={temp}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-    )  # fmt: skip
-    address = f"127.0.0.1:{port}"
+    ray_environment(env)
+    # the test worker's runs join it: their driver too must take loopback for the node's
+    # address, as a run's driver does for its own head (engine/simulation.py ``simulate``)
+    local_only_ray()
+    head = local_ray.start(env, cpus)
     try:
-        deadline = time.monotonic() + 90
-        while not ray_ready(address):
-            if time.monotonic() > deadline or head.poll() is not None:
-                raise RuntimeError("the Ray head did not come up")
-            time.sleep(1)
-        yield address
+        if not head.ready(timeout_s=90):
+            raise RuntimeError("the Ray head did not come up")
+        yield head.address
     finally:
-        with contextlib.suppress(ProcessLookupError):  # a head that died has no group left
-            os.killpg(head.pid, signal.SIGTERM)  # --block: ending it stops the head's processes
-        head.wait(timeout=60)
-        shutil.rmtree(temp, ignore_errors=True)
+        head.stop()
+
+
+# One CPU, so one actor a run: each actor is a fresh process that imports torch, Flower and the
+# role (4-6 s of CPU, measured on the shared head: 11.8 s of the head's CPU for a small Covid run
+# at two CPUs, 6.1 s at one), and the two test workers already keep both cores busy. Measured on
+# the idle 2-core machine, CI's command: 1,143 s and 2,030 s of CPU at two, 806 s and 1,486 s
+# at one. A test that needs two owners served at once asks for a Ray of its own.
+SHARED_RAY_CPUS = 1
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +75,7 @@ def shared_ray(request: pytest.FixtureRequest) -> Iterator[str | None]:
         return
     with contextlib.ExitStack() as stack:
         try:
-            address = stack.enter_context(loopback_head())
+            address = stack.enter_context(loopback_head(SHARED_RAY_CPUS))
         except (RuntimeError, OSError) as error:  # every run starts its own Ray instead
             warnings.warn(f"no shared Ray ({error}); runs start their own", stacklevel=2)
             yield None
@@ -105,7 +90,7 @@ def shared_ray(request: pytest.FixtureRequest) -> Iterator[str | None]:
 @pytest.fixture
 def ray_head() -> Iterator[str]:
     """A Ray head of the test's own, stopped after it."""
-    with loopback_head() as address:
+    with loopback_head(2) as address:
         yield address
 
 

@@ -55,7 +55,8 @@ def test_a_run_listens_on_loopback_only_and_sends_no_telemetry(tmp_path):
     for expr in SMALL:
         args += ["--set", expr]
     # as a user runs it: its own local Ray, not the test worker's shared one (conftest.py)
-    unset = ("RAY_USAGE_STATS_ENABLED", "FLWR_TELEMETRY_ENABLED", "RAY_ADDRESS")
+    unset = ("RAY_USAGE_STATS_ENABLED", "FLWR_TELEMETRY_ENABLED", "RAY_ADDRESS",
+             "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in unset}
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     root = psutil.Process(proc.pid)
@@ -517,7 +518,9 @@ def test_a_silent_data_owner_does_not_hang_the_run(tmp_path):
     # owner that answered. The wait covers the install round too, which starts the Ray actors:
     # 25 s was too short for that while another test file ran beside this one (CI, 2 cores).
     hang = "engine.faults=[{partition: 0, rounds: [2], phase: collect, kind: hang}]"
-    m = _covid(tmp_path, hang, "engine.client_timeout_s=40")
+    # A Ray of its own with two actors: on the test worker's shared one-actor Ray (conftest.py)
+    # the answering owner's query would wait behind the hanging one in the one actor.
+    m = _covid(tmp_path, hang, "engine.client_timeout_s=40", "engine.ray_cpus=2")
     (failure,) = m["deployment"]["failures"]
     assert failure["error"] == "no reply within 40 s" and failure["action"] == "skipped"
     assert failure["phase"] == "collect" and m["deployment"]["users"] == 20

@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 from pydantic import Field
-from scipy.optimize import minimize
 
 from splitsim.defences.base import DefenceParams, GradientDefence
 from splitsim.registry import DEFENCES
@@ -52,6 +51,8 @@ def sum_kl(lam: np.ndarray, u: float, v: float, d: int, g: float) -> float:
 def solve(u: float, v: float, d: int, g: float, p: float, power: float) -> tuple[np.ndarray, float]:
     """The noise variances ``(l10, l20, l11, l21)`` minimising sumKL under the power ``power``,
     and that sumKL."""
+    from scipy.optimize import minimize  # here: every actor imports this module, few solve
+
     # Scaled so that the variables are of order one whatever the gradients' magnitude.
     unit = power
     uu, vv, gg = u / unit, v / unit, g / unit

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.stats import binom
 from torch import nn
 
 from splitsim.decoding import fit_decoder
@@ -172,6 +171,8 @@ def local_oracle(
 def majority_error(p: float, votes: int) -> float:
     """Probability that the majority of ``votes`` answers, each flipped with probability
     ``p`` independently (randomised response), is wrong: P(Binomial(votes, p) > votes / 2)."""
+    from scipy.stats import binom  # here: scipy.stats costs every process 0.4 s to import
+
     return float(binom.sf(votes // 2, votes, p))
 
 
