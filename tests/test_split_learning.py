@@ -299,10 +299,12 @@ def test_bad_split_scenario_gets_one_line_and_exit_2(case, tmp_path, capsys):
 @pytest.mark.slow
 def test_attack_reruns_the_inversion_from_the_recorded_traffic(runs, capsys):
     # The server's attack consumes only what it received: re-attacking the recorded run
-    # reproduces its numbers exactly, and a stronger decoder gives other ones.
+    # reproduces its numbers exactly, and another decoder (trained for one epoch: only its
+    # numbers' differing is checked) gives other ones.
     plain = runs["plain"]
     assert main(["attack", str(plain)]) == 0
-    assert main(["attack", str(plain), "--set", "role.decoder=deep"]) == 0
+    deep_sets = ["--set", "role.decoder=deep", "--set", "role.decoder_epochs=1"]
+    assert main(["attack", str(plain), *deep_sets]) == 0
     same, deep = sorted((plain / "attacks").glob("2*"))
     assert results(same)["metrics"] == results(plain)["metrics"]
     assert results(same)["attack_of"] == str(plain.resolve())
