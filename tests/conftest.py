@@ -95,32 +95,35 @@ def ray_head() -> Iterator[str]:
 
 
 # The longest test files, longest first: their summed setup, call and teardown times in one
-# ``python -m pytest -q --durations=0`` at 3fd3181 (both workers busy for 95 % of its 1,889 s,
-# on a machine at load 9; README). pyproject runs ``--dist loadfile --no-loadscope-reorder``:
-# pytest-xdist hands whole files to its two workers in collection order, so the long files start
-# at once and the short ones fill in at the end (xdist's default order, most tests first,
-# started quick files of many parametrised cases first and could leave a long file to the end
-# on one worker while the other idled). Files not listed follow, more slow tests first.
+# ``CI=true python -m pytest -q --durations=0`` at c0da8d4 (idle 2-core machine, 769 s), except
+# that test_split_learning.py goes first: it makes the run test_split_owners.py reads
+# (``shared_run``), which then seldom waits for it. pyproject runs ``--dist loadfile
+# --no-loadscope-reorder``: pytest-xdist hands whole files to its two workers in collection
+# order, so the long files start at once and the short ones fill in at the end (xdist's default
+# order, most tests first, started quick files of many parametrised cases first and could leave
+# a long file to the end on one worker while the other idled). Files not listed follow, more
+# slow tests first.
 LONGEST_FIRST = (
-    "test_split_learning.py",  # 470 s
-    "test_split_hijacking.py",  # 464 s
-    "test_compare.py",  # 355 s
-    "test_split_owners.py",  # 321 s
-    "test_hardening.py",  # 294 s
-    "test_deployment.py",  # 220 s
-    "test_property_inference.py",  # 166 s
-    "test_perturbation_probe.py",  # 152 s
-    "test_flower_speed.py",  # 143 s
-    "test_label_inference.py",  # 138 s
-    "test_images.py",  # 130 s
-    "test_covid_end_to_end.py",  # 91 s
-    "test_gradient_inversion.py",  # 87 s
-    "test_scale.py",  # 73 s
-    "test_roles.py",  # 71 s
-    "test_split_resume.py",  # 70 s
-    "test_split_non_iid.py",  # 64 s
-    "test_compare_failure.py",  # 57 s
-    "test_malicious_training.py",  # 49 s
+    "test_split_learning.py",  # 192 s
+    "test_compare.py",  # 228 s
+    "test_hardening.py",  # 156 s
+    "test_split_hijacking.py",  # 149 s
+    "test_deployment.py",  # 101 s
+    "test_property_inference.py",  # 73 s
+    "test_split_owners.py",  # 69 s
+    "test_local_ray.py",  # 52 s
+    "test_perturbation_probe.py",  # 50 s
+    "test_split_resume.py",  # 46 s
+    "test_images.py",  # 45 s
+    "test_label_inference.py",  # 43 s
+    "test_flower_speed.py",  # 42 s
+    "test_split_non_iid.py",  # 36 s
+    "test_covid_end_to_end.py",  # 30 s
+    "test_scale.py",  # 28 s
+    "test_compare_failure.py",  # 28 s
+    "test_gradient_inversion.py",  # 24 s
+    "test_roles.py",  # 19 s
+    "test_malicious_training.py",  # 18 s
 )
 
 
