@@ -41,6 +41,19 @@ def _head_processes(temp: str) -> list[psutil.Process]:
     return found
 
 
+def _workers(pid: int) -> set[int]:
+    """Ray worker processes under process ``pid`` (its head's), idle or an actor's."""
+    found = set()
+    with contextlib.suppress(psutil.NoSuchProcess):
+        for child in psutil.Process(pid).children(recursive=True):
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                argv = child.cmdline()
+                starting = any(arg.endswith("default_worker.py") for arg in argv[:2])
+                if starting or " ".join(argv).startswith(("ray::IDLE", "ray::Client")):
+                    found.add(child.pid)
+    return found
+
+
 def test_only_a_run_that_would_start_a_local_ray_starts_one(monkeypatch):
     started: list[tuple[dict, int | None]] = []
 
@@ -63,6 +76,8 @@ def test_only_a_run_that_would_start_a_local_ray_starts_one(monkeypatch):
     env, cpus = started[-1]
     assert env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] == "0" and cpus is None
     assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["FLWR_TELEMETRY_ENABLED"] == "0"
+    # the driver's import path, which Flower would give the job's workers (simulation.py)
+    assert env["PYTHONPATH"].split(os.pathsep)[: len(sys.path)] == sys.path
     assert starts(Engine(ray_cpus=1)) and started[-1][1] == 1
     assert not starts(Engine(ray_address="127.0.0.1:6379"))
     monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")
@@ -117,11 +132,15 @@ def test_a_run_on_its_own_head_has_the_same_metrics_and_leaves_no_ray(tmp_path):
         run = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                text=True, env=_user_env(SPLITSIM_WARM_RAY=warm))  # fmt: skip
         heads: set[Path] = set()
+        workers: set[int] = set()
         while run.poll() is None:  # the run's own head, named after the run's process
             heads.update(Path("/tmp").glob(f"splitsim-ray-{run.pid}-*"))
+            workers.update(_workers(run.pid))
             time.sleep(0.2)
         assert run.returncode == 0, run.stderr.read()[-2000:]
         assert bool(heads) == (warm == "1"), f"heads seen: {heads}"
+        if warm == "1":  # the actors are the head's two prestarted workers, no new ones
+            assert 1 <= len(workers) <= 2, workers
         for temp in heads:
             assert not temp.exists(), f"the run's Ray files were left: {temp}"
             assert not _head_processes(str(temp)), "the run's Ray processes were left"

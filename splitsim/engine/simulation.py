@@ -115,7 +115,30 @@ def own_ray(engine: Engine, preload: tuple[str, ...] = ()) -> AbstractContextMan
         return nullcontext()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
     ray_environment(env)
+    # what Flower's ray.init would hand the job's workers (see _join_warm_head)
+    env["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [env.get("PYTHONPATH")])])
     return local_ray.warm_head(env, engine.ray_cpus, preload)
+
+
+def local_ray_address() -> str | None:
+    from splitsim.engine import local_ray
+
+    return local_ray.address()
+
+
+def _join_warm_head(init_args: dict) -> None:
+    """Join the run's own head before Flower does. Flower's ``ray.init`` gives the job a
+    runtime environment (the driver's ``sys.path`` as ``PYTHONPATH``), and Ray serves a job
+    with a runtime environment only from workers started with it: the head's prestarted
+    workers, which have imported what the actors need, stood idle while two new ones started
+    and imported it all again (seen with ps: 3 s of CPU each, in the Flower phase). The head
+    was started with that ``PYTHONPATH`` in its own environment (``own_ray``), which its
+    workers inherit; Flower's backend finds Ray initialised and keeps this connection, and
+    shuts it down at the end as it would its own."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(**init_args)
 
 
 def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: Engine) -> None:
@@ -140,6 +163,9 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
 
     quiet_flower()
     flower_speed.use(engine.flower_loop == "indexed")
+    warm = local_ray_address()
+    if warm is not None and config["init_args"].get("address") == warm:
+        _join_warm_head(config["init_args"])
     run_simulation(
         server_app=server_app,
         client_app=ShippedApp(client_app),  # type: ignore[arg-type]  # unpickles as client_app
