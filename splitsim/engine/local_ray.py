@@ -12,7 +12,9 @@ processes end with the thread that started them.
 
 The head's workers start with it (Ray's ``enable_worker_prestart``) and import ``torch``,
 Flower's actor and the role's modules as they start (``preload_python_modules``), while the
-supplier still trains: the Flower phase's actors are then ready at once.
+supplier still trains: the Flower phase's actors are then ready at once (its driver joins the
+head with no job runtime environment, which those workers would not serve: engine/simulation.py
+``_join_warm_head``).
 
 The head lives as long as the run: it is stopped (its process group) when the run ends, fails
 or is interrupted, and when the run's process dies without cleaning up (killed with -9), the
@@ -117,8 +119,9 @@ def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...]
 
     env = dict(env)
     # Workers start with the head, not when the Flower phase asks for its actors, and import
-    # what the actors will need as they start: measured, two actors ready 0.06 s after the
-    # phase asked, against 2.5 s for workers started then (importing torch and splitsim).
+    # what the actors will need as they start; the Flower phase uses them when its driver
+    # joins with no job runtime environment (engine/simulation.py ``_join_warm_head``): the
+    # Covid app's Flower phase 2.3-2.5 s, against 7.6 s when two new workers started then.
     env.setdefault("RAY_enable_worker_prestart", "1")
     if preload:
         env.setdefault("RAY_preload_python_modules", ",".join(preload))
