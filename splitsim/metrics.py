@@ -17,12 +17,34 @@ def majority_rate(labels: np.ndarray) -> float:
 
 
 def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC; NaN when only one class is present (too few users to say)."""
-    if len(np.unique(truth)) < 2:
-        return float("nan")
-    from sklearn.metrics import roc_auc_score  # lazily: client actors import this module
+    """ROC AUC of a two-class ``truth`` (the greater label positive, as scikit-learn's
+    ``roc_auc_score``); NaN when only one class is present (too few users to say).
 
-    return float(roc_auc_score(truth, score))
+    Written out as the Mann-Whitney statistic, U / (positives x negatives) with tied scores at
+    their average rank, which is the area under the ROC curve: scikit-learn's function gives
+    the same value (tests/test_hidden_learning.py compares them) but spends 1.9 ms a call checking its
+    input, and the hidden-learning supplier asks 720 times (six networks, sixty epochs, two
+    labels): 1.4 s of the Covid run, and 0.9 s more to import scikit-learn, against 0.1 ms."""
+    truth = np.asarray(truth).ravel()
+    score = np.asarray(score, dtype=np.float64).ravel()
+    classes = np.unique(truth)
+    if len(classes) < 2:
+        return float("nan")
+    if len(classes) > 2 or len(truth) != len(score) or not np.isfinite(score).all():
+        from sklearn.metrics import roc_auc_score  # its own error for what AUC cannot take
+
+        return float(roc_auc_score(truth, score))
+    positive = truth == classes[1]
+    order = np.argsort(score, kind="mergesort")
+    ordered = score[order]
+    first = np.r_[True, ordered[1:] != ordered[:-1]]  # the first of each run of equal scores
+    starts = np.flatnonzero(first)
+    ends = np.r_[starts[1:], len(score)]
+    ranks = np.empty(len(score))
+    ranks[order] = ((starts + ends + 1) / 2.0)[np.cumsum(first) - 1]  # 1-based, ties averaged
+    n_pos = int(positive.sum())
+    n_neg = len(score) - n_pos
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
 def _double_centred(values: torch.Tensor, exponent: float) -> torch.Tensor:

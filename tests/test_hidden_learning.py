@@ -1,5 +1,10 @@
 """Hidden learning on small data: the joint training beats the black-box baseline."""
 
+import math
+
+import numpy as np
+import pytest
+
 from splitsim.data.health_records import CovidHealthRecords
 from splitsim.models.mlp import mlp
 from splitsim.roles.hidden_learning.attack import regime_metrics, train_supplier
@@ -107,3 +112,22 @@ def test_black_box_regime_leaves_the_honest_network_untouched():
         train_regime(
             honest, {}, train, test, task, official_loss_on=True, official_frozen=True, **common
         )
+
+
+def test_roc_auc_is_scikit_learns_with_ties_and_any_two_labels():
+    from sklearn.metrics import roc_auc_score
+
+    from splitsim.metrics import roc_auc
+
+    for seed in range(30):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(5, 3000))
+        truth = rng.integers(0, 2, n) + int(rng.integers(0, 3))  # {0,1}, {1,2} or {2,3}
+        score = np.round(rng.random(n), int(rng.integers(1, 4))).astype(np.float32)  # ties
+        if len(np.unique(truth)) < 2:
+            continue
+        assert roc_auc(truth, score) == pytest.approx(roc_auc_score(truth, score), abs=1e-12)
+    assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert math.isnan(roc_auc(np.ones(5), np.arange(5.0)))
+    with pytest.raises(ValueError):
+        roc_auc(np.array([0, 1]), np.array([0.2, np.nan]))

@@ -208,3 +208,16 @@ def test_attack_refuses_what_is_not_a_finished_run(tmp_path, capsys):
     assert main(["attack", str(tmp_path / "half")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "no such run folder" in err[0] and "not a finished run" in err[1]
+
+
+def test_a_run_turns_on_deterministic_algorithms_without_loading_the_compiler():
+    code = (
+        "import sys, torch\n"
+        "from splitsim.roles.base import deterministic\n"
+        "deterministic()\n"
+        "print(torch.are_deterministic_algorithms_enabled(),\n"
+        "      torch.is_deterministic_algorithms_warn_only_enabled(),\n"
+        "      'torch._inductor' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True", "False"], out.stdout

@@ -38,6 +38,7 @@ import inspect
 import io
 import json
 import shutil
+import sys
 import time
 import typing
 from abc import ABC, abstractmethod
@@ -376,7 +377,15 @@ def deterministic() -> None:
     """The same scenario and seed give the same numbers on the CPU."""
     import torch
 
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # torch.use_deterministic_algorithms also sets TorchInductor's flag, and imports the
+    # compiler stack (dynamo, sympy) to do so: 1.1 s of CPU at every run's start, before the
+    # supplier's first step. splitsim compiles nothing, so only the eager flag is set, unless
+    # the compiler is loaded already or this torch lacks the setter.
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if setter is None or "torch._inductor" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        setter(True, warn_only=True)
 
 
 def register(name: str) -> Callable[[type[Role]], type[Role]]:
