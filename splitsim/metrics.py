@@ -22,9 +22,10 @@ def roc_auc(truth: np.ndarray, score: np.ndarray) -> float:
 
     Written out as the Mann-Whitney statistic, U / (positives x negatives) with tied scores at
     their average rank, which is the area under the ROC curve: scikit-learn's function gives
-    the same value (tests/test_hidden_learning.py compares them) but spends 1.9 ms a call checking its
-    input, and the hidden-learning supplier asks 720 times (six networks, sixty epochs, two
-    labels): 1.4 s of the Covid run, and 0.9 s more to import scikit-learn, against 0.1 ms."""
+    the same value (tests/test_hidden_learning.py compares them) but spends 1.9 ms a call
+    checking its input, and the hidden-learning supplier asks 720 times (six networks, sixty
+    epochs, two labels): 1.4 s of the Covid run, and 0.9 s more to import scikit-learn,
+    against 0.1 ms."""
     truth = np.asarray(truth).ravel()
     score = np.asarray(score, dtype=np.float64).ravel()
     classes = np.unique(truth)
