@@ -137,8 +137,8 @@ def _join_warm_head(init_args: dict) -> None:
     shuts it down at the end as it would its own."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(**init_args)
+    if not ray.is_initialized():  # at Flower's quiet level: no "connecting to..." lines
+        ray.init(**init_args, logging_level=logging.WARNING)
 
 
 def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: Engine) -> None:
