@@ -38,10 +38,9 @@ def loopback_head(cpus: int) -> Iterator[str]:
     stopped with its process group, and only that (``ray stop`` would stop every Ray on the
     machine, another test worker's too)."""
     from splitsim.engine import local_ray
-    from splitsim.engine.simulation import local_only_ray, ray_environment
+    from splitsim.engine.simulation import head_environment, local_only_ray
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    ray_environment(env)
+    env = head_environment()
     # the test worker's runs join it: their driver too must take loopback for the node's
     # address, as a run's driver does for its own head (engine/simulation.py ``simulate``)
     local_only_ray()

@@ -98,6 +98,14 @@ def ray_environment(env: MutableMapping[str, str]) -> None:
     quiet_ray(env)
 
 
+def head_environment() -> dict[str, str]:
+    """This process's environment for a loopback head of its own to start with (engine/
+    local_ray.py ``start``): no cluster address, and ``ray_environment``'s settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    ray_environment(env)
+    return env
+
+
 def own_ray(engine: Engine, preload: tuple[str, ...] = ()) -> AbstractContextManager:
     """A run's own local Ray head for the block (engine/local_ray.py), where the run would
     start a local Ray: not on a SuperLink's grid or an existing cluster, from the main thread
@@ -113,17 +121,10 @@ def own_ray(engine: Engine, preload: tuple[str, ...] = ()) -> AbstractContextMan
         or threading.current_thread() is not threading.main_thread()
     ):
         return nullcontext()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
-    ray_environment(env)
+    env = head_environment()
     # what Flower's ray.init would hand the job's workers (see _join_warm_head)
     env["PYTHONPATH"] = os.pathsep.join([*sys.path, *filter(None, [env.get("PYTHONPATH")])])
     return local_ray.warm_head(env, engine.ray_cpus, preload)
-
-
-def local_ray_address() -> str | None:
-    from splitsim.engine import local_ray
-
-    return local_ray.address()
 
 
 def _join_warm_head(init_args: dict) -> None:
@@ -158,12 +159,12 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
     config = backend_config(engine)
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 
-    from splitsim.engine import flower_speed
+    from splitsim.engine import flower_speed, local_ray
     from splitsim.engine.shipped_app import ShippedApp
 
     quiet_flower()
     flower_speed.use(engine.flower_loop == "indexed")
-    warm = local_ray_address()
+    warm = local_ray.address()
     if warm is not None and config["init_args"].get("address") == warm:
         _join_warm_head(config["init_args"])
     run_simulation(
