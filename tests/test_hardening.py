@@ -111,6 +111,23 @@ def test_a_users_own_telemetry_setting_is_kept():
     assert env == {"RAY_USAGE_STATS_ENABLED": "1", "FLWR_TELEMETRY_ENABLED": "0"}
 
 
+def test_flowers_telemetry_is_off_in_the_runs_own_process():
+    """Flower reads FLWR_TELEMETRY_ENABLED when it is imported, and importing splitsim's CLI
+    imports it: the setting must still reach the driver's Flower, which posts an event for
+    every simulation. A fresh process, as ``python -m splitsim`` starts."""
+    code = (
+        "import sys; from splitsim.cli import main; main(['list']); "
+        "import flwr.supercore.telemetry as t; print(t.FLWR_TELEMETRY_ENABLED)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FLWR_TELEMETRY_ENABLED"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split()[-1] == "0"
+    env["FLWR_TELEMETRY_ENABLED"] = "1"  # the user's own choice stands
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.stdout.split()[-1] == "1"
+
+
 def _writer(path: str, tag: int, n: int) -> int:
     errors = 0
     for i in range(n):

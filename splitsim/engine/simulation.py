@@ -57,6 +57,11 @@ def telemetry_defaults(env: MutableMapping[str, str] | None = None) -> None:
     env = os.environ if env is None else env
     env.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # Flower reads its setting once, when its telemetry module is imported, and this module's
+    # own imports load it (flwr 1.42): tell it too, or the driver still sends Flower's events
+    telemetry = sys.modules.get("flwr.supercore.telemetry")
+    if telemetry is not None and env is os.environ:
+        telemetry.FLWR_TELEMETRY_ENABLED = env["FLWR_TELEMETRY_ENABLED"]
 
 
 def local_only_ray(env: MutableMapping[str, str] | None = None) -> None:
