@@ -4,6 +4,8 @@ import hashlib
 import os
 import signal
 import subprocess
+import sys
+import threading
 import time
 import warnings
 from collections import Counter
@@ -37,7 +39,7 @@ def loopback_head(cpus: int) -> Iterator[str]:
     --head --block`` with local-only, telemetry-off settings), its address while it runs;
     stopped with its process group, and only that (``ray stop`` would stop every Ray on the
     machine, another test worker's too)."""
-    from splitsim.engine import local_ray
+    from splitsim.engine import kept_actors, local_ray
     from splitsim.engine.simulation import head_environment, local_only_ray
 
     env = head_environment()
@@ -50,6 +52,7 @@ def loopback_head(cpus: int) -> Iterator[str]:
             raise RuntimeError("the Ray head did not come up")
         yield head.address
     finally:
+        kept_actors.release()  # the driver's connection to it, if runs kept their actors
         head.stop()
 
 
@@ -66,9 +69,11 @@ def shared_ray(request: pytest.FixtureRequest) -> Iterator[str | None]:
     """One loopback Ray per test worker, which every end-to-end run joins through
     ``RAY_ADDRESS`` (engine/simulation.py ``cluster_address``) instead of starting and stopping
     a Ray of its own (measured on an idle 2-core machine: a small run's Flower phase 10.7 s with
-    its own Ray, 5.5-5.9 s on a running head). Which Ray hosts the actors does not enter a run's
-    arithmetic; ``--private-ray`` runs the suite as users run, and the loopback and telemetry
-    check of tests/test_hardening.py always runs that way."""
+    its own Ray, 5.5-5.9 s on a running head), and whose actors each run hands on to the next
+    (engine/kept_actors.py: 3.7 s of the head's CPU for a fresh actor, 0.1 s for a kept one).
+    Which Ray hosts the actors, and what they served before, does not enter a run's arithmetic
+    (tests/test_kept_actors.py); ``--private-ray`` runs the suite as users run, and the loopback
+    and telemetry check of tests/test_hardening.py always runs that way."""
     if request.config.getoption("--private-ray") or os.environ.get("RAY_ADDRESS"):
         yield os.environ.get("RAY_ADDRESS")
         return
@@ -80,10 +85,43 @@ def shared_ray(request: pytest.FixtureRequest) -> Iterator[str | None]:
             yield None
             return
         os.environ["RAY_ADDRESS"] = address
+        # and each run hands its actor on to the next (engine/kept_actors.py), unless the
+        # user's environment says otherwise
+        users = os.environ.get("SPLITSIM_KEEP_ACTORS")
+        os.environ.setdefault("SPLITSIM_KEEP_ACTORS", "1")
+        stack.enter_context(kept_actor_given_back_before_children())
         try:
             yield address
         finally:
             del os.environ["RAY_ADDRESS"]
+            if users is None:
+                del os.environ["SPLITSIM_KEEP_ACTORS"]
+
+
+@contextlib.contextmanager
+def kept_actor_given_back_before_children() -> Iterator[None]:
+    """Within the block, the test worker gives back its kept actor (engine/kept_actors.py)
+    before a test starts a Python child process: the child may be a run or a comparison that
+    joins the same one-CPU head through the inherited ``RAY_ADDRESS``, and would wait for ever
+    for the CPU the kept actor holds while the test waits for the child. Only from the main
+    thread, where tests run: Ray's and Flower's own threads start commands too (Ray's
+    accelerator probes, Flower's telemetry reading the platform), and releasing under them
+    would end a connection another thread is using."""
+    from splitsim.engine import kept_actors
+
+    popen_init = subprocess.Popen.__init__
+
+    def init(self: subprocess.Popen, args: object, *rest: object, **kwargs: object) -> None:
+        single = isinstance(args, str | bytes | os.PathLike)
+        command = [args] if single else list(args)  # type: ignore[call-overload]
+        python = bool(command) and os.fspath(command[0]) == sys.executable
+        if python and threading.current_thread() is threading.main_thread():
+            kept_actors.release()
+        popen_init(self, args, *rest, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess.Popen, "__init__", init)
+        yield
 
 
 @pytest.fixture
@@ -94,7 +132,7 @@ def ray_head() -> Iterator[str]:
 
 
 # The longest test files, longest first: their summed setup, call and teardown times in one
-# ``CI=true python -m pytest -q --durations=0`` at c0da8d4 (idle 2-core machine, 769 s), except
+# ``CI=true python -m pytest -q --durations=0`` (idle 2-core machine, 2026-12-06: 621 s), except
 # that test_split_learning.py goes first: it makes the run test_split_owners.py reads
 # (``shared_run``), which then seldom waits for it. pyproject runs ``--dist loadfile
 # --no-loadscope-reorder``: pytest-xdist hands whole files to its two workers in collection
@@ -103,26 +141,26 @@ def ray_head() -> Iterator[str]:
 # a long file to the end on one worker while the other idled). Files not listed follow, more
 # slow tests first.
 LONGEST_FIRST = (
-    "test_split_learning.py",  # 192 s
-    "test_compare.py",  # 228 s
-    "test_hardening.py",  # 156 s
-    "test_split_hijacking.py",  # 149 s
-    "test_deployment.py",  # 101 s
-    "test_property_inference.py",  # 73 s
-    "test_split_owners.py",  # 69 s
-    "test_local_ray.py",  # 52 s
-    "test_perturbation_probe.py",  # 50 s
-    "test_split_resume.py",  # 46 s
-    "test_images.py",  # 45 s
-    "test_label_inference.py",  # 43 s
-    "test_flower_speed.py",  # 42 s
-    "test_split_non_iid.py",  # 36 s
-    "test_covid_end_to_end.py",  # 30 s
-    "test_scale.py",  # 28 s
-    "test_compare_failure.py",  # 28 s
-    "test_gradient_inversion.py",  # 24 s
-    "test_roles.py",  # 19 s
-    "test_malicious_training.py",  # 18 s
+    "test_split_learning.py",  # 131 s
+    "test_compare.py",  # 216 s
+    "test_split_hijacking.py",  # 134 s
+    "test_hardening.py",  # 96 s
+    "test_deployment.py",  # 90 s
+    "test_split_owners.py",  # 51 s
+    "test_kept_actors.py",  # 46 s
+    "test_local_ray.py",  # 41 s
+    "test_perturbation_probe.py",  # 40 s
+    "test_split_resume.py",  # 40 s
+    "test_images.py",  # 36 s
+    "test_property_inference.py",  # 34 s
+    "test_split_non_iid.py",  # 31 s
+    "test_scale.py",  # 30 s
+    "test_label_inference.py",  # 28 s
+    "test_compare_failure.py",  # 24 s
+    "test_flower_speed.py",  # 23 s
+    "test_roles.py",  # 20 s
+    "test_gradient_inversion.py",  # 19 s
+    "test_covid_end_to_end.py",  # 18 s
 )
 
 
@@ -165,8 +203,9 @@ def run_scenario(scenario: Path, out: Path, *sets: str) -> Path:
 def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``run_scenario`` for a run that test files on either test worker read alike (the same
     scenario and settings): the first to ask runs it, holding a lock in the session's shared
-    temp folder; the others wait for it and read the same folder. A reader must not write
-    into that folder (a re-attack does: give it a run of its own)."""
+    temp folder; the others wait for it and read the same folder. A reader must not change
+    what that folder holds; a re-attack only adds a folder under its ``attacks/``, which the
+    others do not read."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is under the session's
         root = root.parent

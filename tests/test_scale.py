@@ -44,7 +44,8 @@ def ray_jobs(address: str) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_scenario_runs_on_an_existing_ray_cluster(ray_head, tmp_path):
+def test_scenario_runs_on_an_existing_ray_cluster(ray_head, tmp_path, monkeypatch):
+    monkeypatch.delenv("SPLITSIM_KEEP_ACTORS", raising=False)  # as a user runs: the default
     before = ray_jobs(ray_head)
     out = tmp_path / "runs"
     args = ["run", str(ROOT / "scenarios" / "fl_property_inference.yaml"), "--out", str(out)]

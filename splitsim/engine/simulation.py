@@ -156,7 +156,8 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
         host.serve(server_app, nodes)  # each SuperNode builds its own ClientApp
         return
     telemetry_defaults()
-    if cluster_address(engine.ray_address, engine.ray_cpus is not None) is None:
+    joins_cluster = cluster_address(engine.ray_address, engine.ray_cpus is not None) is not None
+    if not joins_cluster:
         # a local Ray, started now or when the run began (engine/local_ray.py): the driver
         # too must see loopback as the node's address, or Ray reads the head's 127.0.0.1
         # as the machine's outward address and never reaches it
@@ -164,11 +165,12 @@ def simulate(server_app: ServerApp, client_app: ClientApp, nodes: int, engine: E
     config = backend_config(engine)
     from flwr.simulation import run_simulation  # imports Ray, which a hosted run never needs
 
-    from splitsim.engine import flower_speed, local_ray
+    from splitsim.engine import flower_speed, kept_actors, local_ray
     from splitsim.engine.shipped_app import ShippedApp
 
     quiet_flower()
     flower_speed.use(engine.flower_loop == "indexed")
+    kept_actors.use(kept_actors.wanted(joins_cluster))
     warm = local_ray.address()
     if warm is not None and config["init_args"].get("address") == warm:
         _join_warm_head(config["init_args"])

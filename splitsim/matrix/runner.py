@@ -185,6 +185,9 @@ def run_cells(matrix: Matrix, cells: list[Cell], out: Path, console: Console) ->
     import ray
 
     quiet_flower()
+    from splitsim.engine import kept_actors
+
+    kept_actors.release()  # they would hold CPUs of the cluster the cells ask for
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(
