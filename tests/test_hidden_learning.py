@@ -131,3 +131,33 @@ def test_roc_auc_is_scikit_learns_with_ties_and_any_two_labels():
     assert math.isnan(roc_auc(np.ones(5), np.arange(5.0)))
     with pytest.raises(ValueError):
         roc_auc(np.array([0, 1]), np.array([0.2, np.nan]))
+
+
+def test_weight_noise_at_sigma_0_is_the_network_itself_scored_once():
+    """Table 2's rows: sigma 0 is the unperturbed network, scored once for all its
+    injections; a positive sigma averages its own seeded draws, as before."""
+    from unittest import mock
+
+    from splitsim.metrics import accuracy
+    from splitsim.roles.hidden_learning import attack
+    from splitsim.roles.hidden_learning.scores import predict_scores, predict_secret
+
+    ds = CovidHealthRecords(CovidHealthRecords.Params(train_records=2000, test_records=500), 0)
+    train, test = ds.supplier_train(), ds.supplier_test()
+    n = len(ds.spec.secret_classes["cv_risk"])
+    models = train_supplier(
+        train, ds.spec.official, ["cv_risk"], {"cv_risk": n},
+        lambda: mlp(train.x.shape[1], [32, 32], 2), lambda a, b: mlp(a, [16, 32], b),
+        epochs=1, batch_size=64, lr=1e-3, validation_fraction=0.1, seed=0,
+        on_epoch=lambda _: None, baselines=False,
+    )  # fmt: skip
+    scores = predict_scores(models.hidden.official, test.x)
+    secret = accuracy(
+        predict_secret(models.hidden.secrets["cv_risk"], scores, test.side), test.secrets["cv_risk"]
+    )
+    with mock.patch.object(attack, "predict_scores", wraps=attack.predict_scores) as scored:
+        rows = attack.weight_noise_robustness(models, test, "cv_risk", [0.0, 0.5], 4, seed=3)
+    assert scored.call_count == 1 + 4
+    assert rows[0]["secret_mean"] == pytest.approx(secret) and rows[0]["secret_std"] == 0.0
+    assert rows[0]["official_std"] == 0.0
+    assert rows[1]["official_std"] > 0.0  # four different draws

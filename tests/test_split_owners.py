@@ -3,7 +3,7 @@ simulation, at tests/test_split_learning.py's size: an owner that raises once, r
 uninterrupted training) or left out, and an owner that inverts a copy of another's exchange.
 Their own file, so that pytest-xdist can run it beside tests/test_split_learning.py
 (``--dist loadfile`` keeps a file on one worker); the uninterrupted run they compare with is
-that file's second same-seed run, run once for both (conftest.py ``shared_run``).
+that file's plain run, run once for both (conftest.py ``shared_run``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def run(tmp: Path, *extra: str) -> Path:
 
 @pytest.fixture(scope="module")
 def plain(shared_run) -> Path:
-    """The uninterrupted run at this size: test_split_learning.py's ``again``, run once for
+    """The uninterrupted run at this size: test_split_learning.py's ``plain``, run once for
     both files (conftest.py ``shared_run``)."""
     return shared_run(SCENARIO, *SMALL)
 

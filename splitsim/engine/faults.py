@@ -7,15 +7,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from splitsim.scenario import Fault
+from splitsim.scenario import Engine
 
 
 class SimulatedFault(RuntimeError):
     """A participant failure the scenario asked for (``engine.faults``)."""
 
 
-def maybe_fail(faults: list[Fault], pid: int, rnd: int, phase: str, storage: Path) -> None:
-    for fault in faults:
+def maybe_fail(engine: Engine, pid: int, rnd: int, phase: str, storage: Path) -> None:
+    for fault in engine.faults:
         if fault.partition != pid or rnd not in fault.rounds or fault.phase != phase:
             continue
         # Tries are counted in the participant's storage: Flower drops a node's context.state
@@ -25,10 +25,12 @@ def maybe_fail(faults: list[Fault], pid: int, rnd: int, phase: str, storage: Pat
         counter.write_text(str(count))
         if count > fault.attempts:
             return
-        if fault.kind == "hang":
-            time.sleep(HANG_S)
+        if fault.kind == "hang":  # validation asks for a timeout next to a hang
+            time.sleep((engine.client_timeout_s or 0.0) + HANG_PAST_S)
             return
         raise SimulatedFault(f"participant {pid} failed in round {rnd} ({phase}, try {count})")
 
 
-HANG_S = 45.0  # a hanging participant answers this late: past any sensible client_timeout_s
+# A hanging participant answers this long after the server has stopped waiting for it (a
+# fixed 45 s was no hang at all under a longer timeout).
+HANG_PAST_S = 5.0

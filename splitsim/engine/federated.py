@@ -34,7 +34,7 @@ from splitsim.engine.codec import arrays_to_record, record_to_arrays
 from splitsim.engine.faults import maybe_fail
 from splitsim.engine.grid import ServerError, send_and_receive, surfaced
 from splitsim.engine.wire import WireLog
-from splitsim.scenario import Engine, Fault
+from splitsim.scenario import Engine
 
 
 class LoggedGrid:
@@ -261,14 +261,14 @@ Reporter = Callable[[dict], dict[str, np.ndarray]]
 def client_app(
     train: Handler,
     evaluate: Handler,
-    faults: list[Fault] | None = None,
+    engine: Engine | None = None,
     storage: str | None = None,
     report: Reporter | None = None,
 ) -> ClientApp:
     """``train(partition, round, global_weights, config) -> (weights, metrics)`` and the same
     for ``evaluate`` (weights ignored); ``metrics`` must hold ``num-examples``. ``report(config)
-    -> arrays`` answers the harness's ``report`` query. ``faults`` make chosen participants
-    fail on chosen rounds (scenario ``engine.faults``), their tries counted in the
+    -> arrays`` answers the harness's ``report`` query. ``engine.faults`` make chosen
+    participants fail on chosen rounds, their tries counted in the
     participants' ``storage``."""
     app = ClientApp()
 
@@ -276,8 +276,8 @@ def client_app(
         pid = int(context.node_config["partition-id"])
         config = dict(msg.content["config"])
         rnd = int(config["server-round"])
-        if faults:
-            maybe_fail(faults, pid, rnd, msg.metadata.message_type, Path(storage or "."))
+        if engine is not None and engine.faults:
+            maybe_fail(engine, pid, rnd, msg.metadata.message_type, Path(storage or "."))
         weights, metrics = handler(pid, rnd, record_to_arrays(msg.content["arrays"]), config)
         content = RecordDict({"metrics": MetricRecord({**metrics, "partition": pid})})
         if with_arrays:

@@ -253,7 +253,7 @@ def _handle(
         return setting.phase(scenario, setting, state_dir, pid, msg)
     if scenario.engine.faults and phase in ("train", "infer"):  # failures on purpose
         rnd = int(cfg["round"]) if phase == "train" else scenario.training.epochs + 1
-        maybe_fail(scenario.engine.faults, pid, rnd, phase, Path(state_dir))
+        maybe_fail(scenario.engine, pid, rnd, phase, Path(state_dir))
     guard = next((d for d in chosen if d.stage == "detector"), None)
     stopped = Path(state_dir) / f"node-{pid}.stopped"
     if stopped.is_file():  # its detector fired: it trains and answers no more

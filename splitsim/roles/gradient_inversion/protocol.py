@@ -81,7 +81,7 @@ def client_app(scenario: Scenario, storage: str) -> federated.ClientApp:
     return federated.client_app(
         functools.partial(_train, scenario),
         functools.partial(_evaluate, scenario),
-        scenario.engine.faults,
+        scenario.engine,
         storage,
     )
 

@@ -107,7 +107,7 @@ def _handle(
     chosen = defence_lib.build(scenario.defences)
     phase = str(msg.content["config"]["phase"])
     if scenario.engine.faults:  # failures on purpose: install is round 1, collect round 2
-        maybe_fail(scenario.engine.faults, pid, 1 if phase == "install" else 2, phase,
+        maybe_fail(scenario.engine, pid, 1 if phase == "install" else 2, phase,
                    Path(storage))  # fmt: skip
     if phase == "install":
         rng = seeds.rng(scenario.seed, "hidden.client_weight_noise", pid)

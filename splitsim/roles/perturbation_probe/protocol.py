@@ -143,7 +143,7 @@ def _handle(scenario: Scenario, storage: str, msg: Message, context: Context) ->
         raise ValueError(f"unknown phase {phase!r}")
     step = int(config["step"])
     if scenario.engine.faults:  # failures on purpose; a probe's round is its search step
-        maybe_fail(scenario.engine.faults, pid, step, "probe", Path(storage))
+        maybe_fail(scenario.engine, pid, step, "probe", Path(storage))
     chosen = defence_lib.build(sessions(scenario)[session].defences)
     q = record_to_arrays(msg.content["queries"])
     inputs, dirs, eps = q["input"], q["direction"], q["eps"]

@@ -251,7 +251,7 @@ def client_app(scenario: Scenario, storage: str) -> federated.ClientApp:
     return federated.client_app(
         functools.partial(_train, scenario, storage),
         functools.partial(_evaluate, scenario, storage),
-        scenario.engine.faults,
+        scenario.engine,
         storage,
         report=functools.partial(_report, storage),
     )
