@@ -203,9 +203,8 @@ def run_scenario(scenario: Path, out: Path, *sets: str) -> Path:
 def shared_run(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
     """``run_scenario`` for a run that test files on either test worker read alike (the same
     scenario and settings): the first to ask runs it, holding a lock in the session's shared
-    temp folder; the others wait for it and read the same folder. A reader must not change
-    what that folder holds; a re-attack only adds a folder under its ``attacks/``, which the
-    others do not read."""
+    temp folder; the others wait for it and read the same folder. A reader must not write
+    into that folder (a re-attack does: give it a run of its own)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's base is under the session's
         root = root.parent

@@ -85,11 +85,14 @@ def test_a_busy_actor_is_not_handed_on():
 @pytest.mark.slow
 def test_a_comparison_ends_the_kept_actors_first(tmp_path):
     """The comparison's cells ask the shared head for its one CPU, which a kept actor holds:
-    without the release the comparison would wait for ever."""
+    without the release the comparison would wait for ever. Its one cell fails at once (a
+    network no machine can hold, as in tests/test_compare_failure.py): what is checked is that
+    it got the CPU to run on."""
     run_scenario(COVID, tmp_path / "runs", *SMALL_COVID)
     assert kept_actors.kept() == 1
+    too_big = "models.official.hidden=[1, 10000000, 10000000]"
     spec = {
-        "roles": [{"scenario": str(COVID), "set": SMALL_COVID}],
+        "roles": [{"scenario": str(COVID), "set": [*SMALL_COVID, too_big]}],
         "defences": [{"label": "none", "use": []}],
         "attackers": ["non_adaptive"],
     }
@@ -103,4 +106,6 @@ def test_a_comparison_ends_the_kept_actors_first(tmp_path):
     compare.start()
     compare.join(timeout=300)
     assert not compare.is_alive(), "the comparison waited for the kept actor's CPU"
-    assert codes == [0] and kept_actors.kept() == 0
+    assert codes == [1] and kept_actors.kept() == 0  # 1: a cell failed, and was recorded
+    (record,) = (tmp_path / "m" / "cells").glob("*.failed.json")
+    assert "allocate" in json.loads(record.read_text())["error"]
