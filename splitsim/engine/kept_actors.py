@@ -5,9 +5,9 @@ ends them and its Ray connection (flwr 1.42, ``server/superlink/fleet/vce/backen
 raybackend.py``). Each actor is a new process that imports torch, Flower and the role before
 it serves its first message. A process that runs many scenarios on one cluster pays that for
 every run: a loop over seeds in Python, or the test suite. Measured on the idle 2-core machine,
-with a small Covid run (20 phones, one epoch) on a one-CPU loopback head:
-- a fresh actor: 3.7 s of the head's CPU, 5.0 s wall;
-- a waiting actor: 0.1 s of the head's CPU, 1.7 s wall.
+with a small Covid run (40 phones, one epoch) on a one-CPU loopback head:
+- a fresh actor: 3.7 s of the head's CPU, 4.7-5.2 s wall;
+- a waiting actor: 0.1 s of the head's CPU, 1.7-1.9 s wall.
 
 With ``SPLITSIM_KEEP_ACTORS=1``, a run that joins an existing cluster (``engine.ray_address``
 or ``RAY_ADDRESS``) leaves its actors and its connection up when it ends with every actor idle.
