@@ -14,14 +14,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from splitsim.inference import images_per_pass
+
 
 @torch.no_grad()
 def reconstruct(
-    decoder: nn.Module, inputs: np.ndarray, device: str | torch.device = "cpu", batch: int = 1000
+    decoder: nn.Module,
+    inputs: np.ndarray,
+    device: str | torch.device = "cpu",
+    batch: int | None = None,
 ) -> np.ndarray:
     """The attacker's guess of the images behind ``inputs``, clipped to the pixel range [0, 1]
     the attacker knows images have."""
     decoder.eval()
+    batch = batch or images_per_pass(device, 1000)
     out = [
         decoder(torch.from_numpy(inputs[start : start + batch]).to(device)).clamp(0, 1).cpu()
         for start in range(0, len(inputs), batch)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from splitsim.inference import CPU_IMAGES
 from splitsim.models.split_cnn import ReferenceCNN
 from splitsim.runs import write_atomic
 from splitsim.threads import one_thread
@@ -66,7 +67,7 @@ def _train(
             optimizer.step()
 
 
-def predict(model: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+def predict(model: nn.Module, x: np.ndarray, batch: int = CPU_IMAGES) -> np.ndarray:
     model.eval()
     out = []
     with torch.no_grad():

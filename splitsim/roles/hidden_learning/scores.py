@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from splitsim.data.score_data import OfficialTask
+from splitsim.inference import images_per_pass
 from splitsim.metrics import accuracy, roc_auc
 
 
@@ -87,10 +88,11 @@ def reference_predictions(net: ScoreNet, x: np.ndarray, task: OfficialTask) -> t
     before the stealthy N_o trains against it: (n, k_o), on the network's device."""
     net.eval()
     dev = device_of(net)
+    batch = inference_batch(x, dev)
     return torch.cat(
         [
-            predictive(net(torch.as_tensor(x[i : i + 4096]).to(dev)), task)
-            for i in range(0, len(x), 4096)
+            predictive(net(torch.as_tensor(x[i : i + batch]).to(dev)), task)
+            for i in range(0, len(x), batch)
         ]
     )
 
@@ -135,10 +137,16 @@ def secret_input(scores: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     return torch.cat([scores, side], dim=1)
 
 
+def inference_batch(x: np.ndarray, device: torch.device) -> int:
+    """Images on the CPU: splitsim/inference.py; tabular rows and accelerators: 4,096."""
+    return images_per_pass(device, 4096) if x.ndim > 2 else 4096
+
+
 @torch.no_grad()
-def predict_scores(net: ScoreNet, x: np.ndarray, batch: int = 4096) -> np.ndarray:
+def predict_scores(net: ScoreNet, x: np.ndarray, batch: int | None = None) -> np.ndarray:
     net.eval()
     dev = device_of(net)
+    batch = batch or inference_batch(x, dev)
     parts = [
         net.scores(torch.as_tensor(x[i : i + batch]).to(dev)).cpu() for i in range(0, len(x), batch)
     ]

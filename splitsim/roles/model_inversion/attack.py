@@ -27,10 +27,11 @@ import torch
 from torch import nn
 
 from splitsim.decoding import fit_decoder
+from splitsim.inference import CPU_IMAGES
 from splitsim.models.split_cnn import InversionDecoder
 
 
-def intermediates(segment: nn.Module, x: np.ndarray, batch: int = 1000) -> np.ndarray:
+def intermediates(segment: nn.Module, x: np.ndarray, batch: int = CPU_IMAGES) -> np.ndarray:
     """f1(x) for the attacker's own images, with the segment it holds."""
     segment.eval()
     out = []

@@ -44,7 +44,13 @@ from splitsim.engine.grid import wait_for_nodes
 from splitsim.engine.wire import WireLog
 from splitsim.registry import DATASETS, MODELS
 from splitsim.roles.base import ServerError, surfaced
-from splitsim.roles.perturbation_probe.attack import REFUSED, Plan, Signatures, search
+from splitsim.roles.perturbation_probe.attack import (
+    REFUSED,
+    Plan,
+    Signatures,
+    search,
+    search_copy,
+)
 from splitsim.scenario import Engine, Plugin, Scenario
 
 
@@ -154,14 +160,14 @@ def _handle(scenario: Scenario, storage: str, msg: Message, context: Context) ->
     context.state[f"spent{session}"] = arrays_to_record({"spent": spent})
     model = served_network(scenario)
     model.load_state_dict(record_to_state(context.state["model"]))
-    model.eval()
+    model = search_copy(model)  # the adversary's search runs the same layout (attack.py)
     directions = record_to_arrays(context.state[f"directions{session}"])["d"]
     reference = _top1(model, x)
     bits = np.full(len(inputs), REFUSED, dtype=np.uint8)
     rng = seeds.rng(seed, "probe.client_input_noise", pid, session, step)
     idx = np.flatnonzero(answered)
-    for s in range(0, len(idx), 512):  # small batches are faster (see local_oracle)
-        part = idx[s : s + 512]
+    for s in range(0, len(idx), 256):  # small batches are faster (see search_copy)
+        part = idx[s : s + 256]
         probe = x[inputs[part]] + eps[part].reshape(-1, 1, 1, 1) * directions[dirs[part]]
         probe = defence_lib.apply_stage(chosen, "input", probe, rng)
         bits[part] = _top1(model, probe) != reference[inputs[part]]
@@ -171,7 +177,7 @@ def _handle(scenario: Scenario, storage: str, msg: Message, context: Context) ->
 
 
 @torch.no_grad()
-def _top1(model: torch.nn.Module, x: np.ndarray, batch: int = 512) -> np.ndarray:
+def _top1(model: torch.nn.Module, x: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(
         [
             model(torch.from_numpy(np.ascontiguousarray(x[s : s + batch]))).argmax(1).numpy()

@@ -501,6 +501,7 @@ def cached_signatures(
     digest.update(dirs.tobytes())
     digest.update(x.tobytes())
     digest.update(repr(sorted(search_args.items())).encode())
+    digest.update(b"channels_last")  # the search's layout (attack.search_copy)
     if defences or votes != 1:  # the plain prober's key stays what it was
         described = [(d.name, d.params.model_dump()) for d in defences or []]
         digest.update(repr((votes, described, seed)).encode())
