@@ -74,6 +74,7 @@ from splitsim.roles.perturbation_probe.protocol import (
 )
 from splitsim.runs import write_atomic
 from splitsim.scenario import Scenario
+from splitsim.threads import one_thread
 
 
 @dataclass(kw_only=True)
@@ -451,28 +452,33 @@ class PerturbationProber(Role):
 
 def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> torch.nn.Module:
     """Train the served classifier (Adam 1e-3, batch 64) or load it from the cache."""
+    # Seeded before it is built: its initial weights come from the global generator, which
+    # whatever ran earlier in the process has moved (two fresh processes trained two
+    # different served models before). One thread, as the reference classifier: the cache
+    # keeps whichever process trained first, and the result must not depend on which.
+    torch.manual_seed(seeds.int_seed(seed, "probe.served_model"))
     model = build()
     shape = "-".join(f"{k}{tuple(v.shape)}" for k, v in model.state_dict().items())
     key = hashlib.sha256(f"{shape}|{len(x)}|{seed}|{epochs}".encode()).hexdigest()[:12]
-    path = Path(root) / "splitsim-cache" / f"probe_served_{key}.pt"
+    path = Path(root) / "splitsim-cache" / f"probe_served_{key}_seeded_1t.pt"
     if path.exists():
         model.load_state_dict(torch.load(path, weights_only=True))
         advance(n=epochs)
         return model.eval()
-    torch.manual_seed(seeds.int_seed(seed, "probe.served_model"))
     generator = torch.Generator().manual_seed(seeds.int_seed(seed, "probe.served_model"))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    for _ in range(epochs):
-        model.train()
-        order = torch.randperm(len(xt), generator=generator)
-        for s in range(0, len(order), 64):
-            idx = order[s : s + 64]
-            loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-        advance()
+    with one_thread():
+        for _ in range(epochs):
+            model.train()
+            order = torch.randperm(len(xt), generator=generator)
+            for s in range(0, len(order), 64):
+                idx = order[s : s + 64]
+                loss = torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx])
+                optimiser.zero_grad()
+                loss.backward()
+                optimiser.step()
+            advance()
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
