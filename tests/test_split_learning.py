@@ -173,7 +173,17 @@ def test_sequential_schedule_with_a_foreign_prior_runs(runs):
 
 
 def test_nopeek_distance_correlation_matches_dcor():
-    import dcor  # compiles its numba kernels on import, ~12 s: only this test needs it
+    # dcor compiles its numba kernels when imported (6 s of CPU); they serve its fast methods
+    # for one-dimensional samples, and these samples have hundreds of dimensions, which dcor
+    # computes with NumPy whatever numba does (the same values, measured): so no compiling
+    import numba
+
+    disabled = numba.config.DISABLE_JIT
+    numba.config.DISABLE_JIT = True
+    try:
+        import dcor
+    finally:
+        numba.config.DISABLE_JIT = disabled
 
     rng = np.random.default_rng(0)
     x = rng.random((32, 784))
