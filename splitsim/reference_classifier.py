@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from splitsim.cache_lock import computing
 from splitsim.inference import CPU_IMAGES
 from splitsim.models.split_cnn import ReferenceCNN
 from splitsim.runs import write_atomic
@@ -32,10 +33,16 @@ def reference_classifier(
     # backward sums in another order), and a cache filled by whichever process came first made
     # a run's judge depend on who trained it (a clean CI clone: same-seed runs disagreed).
     path = Path(root) / "splitsim-cache" / f"reference_{key}_n{len(x)}_seed{seed}_1t.pt"
-    if path.exists():
-        model = ReferenceCNN(int(y.max()) + 1)
-        model.load_state_dict(torch.load(path, weights_only=True))
-        return model.eval()
+    if not path.exists():
+        with computing(path):  # cells side by side: one trains, the others wait and read
+            if not path.exists():
+                return _fit(x, y, seed, path)
+    model = ReferenceCNN(int(y.max()) + 1)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    return model.eval()
+
+
+def _fit(x: np.ndarray, y: np.ndarray, seed: int, path: Path) -> nn.Module:
     with one_thread():
         torch.manual_seed(seed)  # before the network is built: its initial weights come from it
         model = ReferenceCNN(int(y.max()) + 1)
@@ -45,10 +52,9 @@ def reference_classifier(
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
         model.train()
         _train(model, optimizer, torch.from_numpy(x), torch.from_numpy(y), generator)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
-    write_atomic(path, buffer.getvalue())  # matrix cells side by side share this cache
+    write_atomic(path, buffer.getvalue())
     return model.eval()
 
 

@@ -38,6 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
+from splitsim.cache_lock import computing
 from splitsim.data.mnist import ATTACKER_TRAIN, MNIST
 from splitsim.data.partitions import test_partition
 from splitsim.decoding import reconstruct
@@ -461,10 +462,16 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
     shape = "-".join(f"{k}{tuple(v.shape)}" for k, v in model.state_dict().items())
     key = hashlib.sha256(f"{shape}|{len(x)}|{seed}|{epochs}".encode()).hexdigest()[:12]
     path = Path(root) / "splitsim-cache" / f"probe_served_{key}_seeded_1t.pt"
-    if path.exists():
-        model.load_state_dict(torch.load(path, weights_only=True))
-        advance(n=epochs)
-        return model.eval()
+    if not path.exists():
+        with computing(path):  # cells side by side: one trains, the others wait and read
+            if not path.exists():
+                return _fit_served(model, x, y, seed, epochs, advance, path)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    advance(n=epochs)
+    return model.eval()
+
+
+def _fit_served(model, x, y, seed: int, epochs: int, advance, path: Path) -> torch.nn.Module:
     generator = torch.Generator().manual_seed(seeds.int_seed(seed, "probe.served_model"))
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3, foreach=True)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
@@ -512,10 +519,20 @@ def cached_signatures(
         described = [(d.name, d.params.model_dump()) for d in defences or []]
         digest.update(repr((votes, described, seed)).encode())
     path = Path(root) / "splitsim-cache" / f"probe_signatures_{digest.hexdigest()[:16]}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as f:
-            advance(n=search_args["max_steps"])
-            return Signatures(f["eps"], f["flipped"], f["refused"], f["queries"], int(f["steps"]))
+    if not path.exists():
+        with computing(path):  # cells side by side: one searches, the others wait and read
+            if not path.exists():
+                return _search_and_write(
+                    model, x, dirs, search_args, advance, votes, defences, seed, path
+                )
+    with np.load(path, allow_pickle=False) as f:
+        advance(n=search_args["max_steps"])
+        return Signatures(f["eps"], f["flipped"], f["refused"], f["queries"], int(f["steps"]))
+
+
+def _search_and_write(
+    model, x, dirs, search_args: dict, advance, votes: int, defences, seed: int, path: Path
+) -> Signatures:
     steps = [0]
 
     def on_step(step: int, left: int) -> None:
