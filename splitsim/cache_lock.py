@@ -10,9 +10,12 @@ docs/perturbation_probe.md's ``probe_matrix.yaml``).
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -26,3 +29,13 @@ def computing(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def compute_once(path: Path, compute: Callable[[], T], load: Callable[[], T]) -> T:
+    """``load()`` the entry at ``path``; where it is missing, ``compute()`` it (which writes
+    ``path``) under its lock, unless another process wrote it while this one waited."""
+    if not path.exists():
+        with computing(path):
+            if not path.exists():
+                return compute()
+    return load()

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from splitsim.cache_lock import computing
+from splitsim.cache_lock import compute_once
 from splitsim.inference import CPU_IMAGES
 from splitsim.models.split_cnn import ReferenceCNN
 from splitsim.runs import write_atomic
@@ -33,10 +33,11 @@ def reference_classifier(
     # backward sums in another order), and a cache filled by whichever process came first made
     # a run's judge depend on who trained it (a clean CI clone: same-seed runs disagreed).
     path = Path(root) / "splitsim-cache" / f"reference_{key}_n{len(x)}_seed{seed}_1t.pt"
-    if not path.exists():
-        with computing(path):  # cells side by side: one trains, the others wait and read
-            if not path.exists():
-                return _fit(x, y, seed, path)
+    # cells side by side: one trains, the others wait and read
+    return compute_once(path, lambda: _fit(x, y, seed, path), lambda: _load(path, y))
+
+
+def _load(path: Path, y: np.ndarray) -> nn.Module:
     model = ReferenceCNN(int(y.max()) + 1)
     model.load_state_dict(torch.load(path, weights_only=True))
     return model.eval()

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from splitsim import defences as defence_lib
 from splitsim import seeds
-from splitsim.cache_lock import computing
+from splitsim.cache_lock import compute_once
 from splitsim.data.mnist import ATTACKER_TRAIN, MNIST
 from splitsim.data.partitions import test_partition
 from splitsim.decoding import reconstruct
@@ -462,13 +462,14 @@ def served_model(build, x, y, root: str, seed: int, epochs: int, advance) -> tor
     shape = "-".join(f"{k}{tuple(v.shape)}" for k, v in model.state_dict().items())
     key = hashlib.sha256(f"{shape}|{len(x)}|{seed}|{epochs}".encode()).hexdigest()[:12]
     path = Path(root) / "splitsim-cache" / f"probe_served_{key}_seeded_1t.pt"
-    if not path.exists():
-        with computing(path):  # cells side by side: one trains, the others wait and read
-            if not path.exists():
-                return _fit_served(model, x, y, seed, epochs, advance, path)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    advance(n=epochs)
-    return model.eval()
+
+    def load() -> torch.nn.Module:
+        model.load_state_dict(torch.load(path, weights_only=True))
+        advance(n=epochs)
+        return model.eval()
+
+    # cells side by side: one trains, the others wait and read
+    return compute_once(path, lambda: _fit_served(model, x, y, seed, epochs, advance, path), load)
 
 
 def _fit_served(model, x, y, seed: int, epochs: int, advance, path: Path) -> torch.nn.Module:
@@ -486,7 +487,6 @@ def _fit_served(model, x, y, seed: int, epochs: int, advance, path: Path) -> tor
                 loss.backward()
                 optimiser.step()
             advance()
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     write_atomic(path, buffer.getvalue())
@@ -515,19 +515,21 @@ def cached_signatures(
     digest.update(x.tobytes())
     digest.update(repr(sorted(search_args.items())).encode())
     digest.update(b"channels_last")  # the search's layout (attack.search_copy)
-    if defences or votes != 1:  # the plain prober's key stays what it was
+    if defences or votes != 1:  # the plain prober's key has neither
         described = [(d.name, d.params.model_dump()) for d in defences or []]
         digest.update(repr((votes, described, seed)).encode())
     path = Path(root) / "splitsim-cache" / f"probe_signatures_{digest.hexdigest()[:16]}.npz"
-    if not path.exists():
-        with computing(path):  # cells side by side: one searches, the others wait and read
-            if not path.exists():
-                return _search_and_write(
-                    model, x, dirs, search_args, advance, votes, defences, seed, path
-                )
-    with np.load(path, allow_pickle=False) as f:
-        advance(n=search_args["max_steps"])
-        return Signatures(f["eps"], f["flipped"], f["refused"], f["queries"], int(f["steps"]))
+
+    def load() -> Signatures:
+        with np.load(path, allow_pickle=False) as f:
+            advance(n=search_args["max_steps"])
+            return Signatures(f["eps"], f["flipped"], f["refused"], f["queries"], int(f["steps"]))
+
+    # cells side by side: one searches, the others wait and read
+    def search_and_write() -> Signatures:
+        return _search_and_write(model, x, dirs, search_args, advance, votes, defences, seed, path)
+
+    return compute_once(path, search_and_write, load)
 
 
 def _search_and_write(
@@ -543,7 +545,6 @@ def _search_and_write(
     oracle = local_oracle(model, x, dirs, defences=built, rng=np.random.default_rng(seed))
     sig = search(oracle, len(x), len(dirs), votes=votes, on_step=on_step, **search_args)
     advance(n=search_args["max_steps"] - steps[0])
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.savez(buffer, eps=sig.eps, flipped=sig.flipped, refused=sig.refused, queries=sig.queries,
              steps=sig.steps)  # fmt: skip
