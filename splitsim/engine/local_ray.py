@@ -17,16 +17,15 @@ head with no job runtime environment, which those workers would not serve: engin
 ``_join_warm_head``).
 
 The head lives as long as the run: it is stopped (its process group) when the run ends, fails
-or is interrupted, and when the run's process dies without cleaning up (killed with -9), the
-kernel ends it too (``PR_SET_PDEATHSIG``). Where it cannot start or does not answer, the run
-starts Ray as before (``ray.init``). ``SPLITSIM_WARM_RAY=0`` turns it off.
+or is interrupted. When the run's process dies without cleaning up (killed with -9), the
+kernel tells the head's guard (``PR_SET_PDEATHSIG``), which ends the group
+(engine/head_guard.py). Where the head cannot start or does not answer, the run starts Ray as
+before (``ray.init``). ``SPLITSIM_WARM_RAY=0`` turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import os
 import shutil
@@ -134,26 +133,17 @@ def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...]
             f"--port={port}", f"--ray-client-server-port={free_port()}",  # not 10001: two
             "--node-ip-address=127.0.0.1", "--include-dashboard=false",  # runs at once
             "--disable-usage-stats", f"--temp-dir={temp}", *sized]  # fmt: skip
+    guard = [sys.executable, "-I", str(Path(__file__).with_name("head_guard.py")), str(os.getpid())]
     try:
         with open(temp / "ray_start.log", "wb") as out:
             process = subprocess.Popen(
-                args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=functools.partial(_end_with, os.getpid()),
+                [*guard, *args], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True,
             )  # fmt: skip
     except OSError:
         shutil.rmtree(temp, ignore_errors=True)
         raise
     return Head(process, temp, f"127.0.0.1:{port}")
-
-
-def _end_with(parent: int) -> None:
-    """In the child, before ``ray start`` runs: the kernel kills it when the run's process
-    ends without stopping it, and with it the head's processes, which Ray starts to end with
-    ``ray start --block`` (and workers end with their raylet)."""
-    pr_set_pdeathsig = 1
-    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() != parent:  # the run ended before the signal was asked for
-        os._exit(1)
 
 
 def _remove_stale() -> None:
