@@ -173,10 +173,10 @@ def test_sequential_schedule_with_a_foreign_prior_runs(runs):
 
 
 def test_nopeek_distance_correlation_matches_dcor():
-    # Not imported with numba's JIT turned off to save its compile (6 s of CPU, once per
-    # environment: numba caches it): dcor's guvectorize kernels compile whatever that setting
-    # says, and then fail on the plain-Python functions they call, unless numba's on-disk cache
-    # already holds them (failed in a fresh environment, 2026-12-06)
+    # Not imported with numba's JIT turned off to save its compile (25-29 s once per
+    # environment, 6.3 s for the test once numba has cached it): dcor's guvectorize kernels
+    # compile whatever that setting says, and then fail on the plain-Python functions they
+    # call, unless numba's on-disk cache already holds them (failed in a fresh environment)
     import dcor
 
     rng = np.random.default_rng(0)

@@ -15,7 +15,6 @@ error and tried again on the next run.
 
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import json
 import os
@@ -31,14 +30,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from splitsim.defences.privacy import epsilon_text, headline_epsilon
+from splitsim.engine.head_guard import on_parent_death
 from splitsim.errors import ScenarioError
 from splitsim.matrix.spec import Cell, Matrix
 from splitsim.runs import write_atomic, write_json
 from splitsim.scenario import dump_yaml
-
-
-def _die_with_parent() -> None:
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _child_env(cpus: int, user_ray: dict[str, str]) -> dict[str, str]:
@@ -85,7 +81,7 @@ def execute_cell(
             stdout=handle,
             stderr=subprocess.STDOUT,
             env=_child_env(cpus, user_ray),
-            preexec_fn=_die_with_parent,
+            preexec_fn=lambda: on_parent_death(signal.SIGKILL),
         )
     wall = round(time.perf_counter() - started, 1)
     record: dict = {"id": cell_id, "wall_s": wall, "log": str(log.relative_to(root))}
