@@ -12,6 +12,7 @@ from pathlib import Path
 from rich.console import Console
 
 from splitsim import reporting
+from splitsim.allocator import keep_freed_memory
 from splitsim.errors import ScenarioError
 from splitsim.registry import ROLES
 from splitsim.roles.base import DEPLOYED, Evaluation, Role
@@ -22,6 +23,7 @@ from splitsim.scenario import Scenario, apply_override, read_yaml, validate
 def run_scenario(scenario: Scenario, console: Console, out: str | Path | None = None) -> Path:
     """Run ``scenario``; returns the finished run folder (a failure leaves ``<stamp>.failed``)."""
     started = time.perf_counter()
+    keep_freed_memory()  # for this process and every process the run starts (allocator.py)
     role_cls: type[Role] = ROLES.get(scenario.role.name)
     console.print(f"[bold]{scenario.name}[/bold]: role {scenario.role.name}, seed {scenario.seed}")
     with open_run(scenario, console, Path(out) if out else None) as run:
@@ -118,6 +120,7 @@ def attack_recorded(folder: str | Path, overrides: list[str], console: Console) 
     role_cls: type[Role] = ROLES.get(scenario.role.name)
     received = role_cls.received_type.load(folder)
     started = time.perf_counter()
+    keep_freed_memory()
     console.print(
         f"[bold]{scenario.name}[/bold]: re-attack of {folder} (role {scenario.role.name}"
         + (f"; {', '.join(overrides)}" if overrides else "")

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from splitsim import allocator
 from splitsim.engine import local_ray
 from splitsim.engine.simulation import own_ray
 from splitsim.scenario import Engine
@@ -38,6 +39,16 @@ def _head_processes(temp: str) -> list[psutil.Process]:
     for proc in psutil.process_iter(["cmdline"]):
         if any(temp in part for part in proc.info["cmdline"] or ()):
             found.append(proc)
+    return found
+
+
+def _group(pgid: int) -> list[psutil.Process]:
+    """The live processes of process group ``pgid``."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
     return found
 
 
@@ -112,16 +123,21 @@ def test_the_head_ends_with_a_run_killed_with_9(tmp_path):
         assert temp.startswith(f"/tmp/splitsim-ray-{run.pid}-")
         assert run.stdout.readline().strip() == "up", "the head did not come up"
         assert any("raylet" in " ".join(p.cmdline()) for p in _head_processes(temp))
+        group_of = {p.pid: " ".join(p.cmdline()) for p in _group(int(group))}
+        # what a private head never uses is not started (engine/ray_head.py)
+        for unused in ("ray.util.client.server", "monitor.py", "log_monitor.py"):
+            assert not any(unused in line for line in group_of.values()), (unused, group_of)
+        # and its processes keep the memory a step frees (splitsim/allocator.py)
+        (raylet,) = [pid for pid, line in group_of.items() if "raylet/raylet" in line]
+        environ = psutil.Process(raylet).environ()
+        assert environ["MALLOC_MMAP_THRESHOLD_"] == str(allocator.MMAP_THRESHOLD)
     finally:
         run.send_signal(signal.SIGKILL)
         run.wait()
 
     def left() -> list[psutil.Process]:
         found = {p.pid: p for p in _head_processes(temp)}
-        for proc in psutil.process_iter():
-            with contextlib.suppress(psutil.Error, ProcessLookupError):
-                if os.getpgid(proc.pid) == int(group) and proc.status() != psutil.STATUS_ZOMBIE:
-                    found[proc.pid] = proc
+        found.update((p.pid, p) for p in _group(int(group)))
         return list(found.values())
 
     deadline = time.monotonic() + 10

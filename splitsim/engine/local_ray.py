@@ -1,8 +1,9 @@
 """A run's private local Ray, started as a process of its own when the run starts.
 
 A run that will start a local Ray for its Flower phase starts it instead at its beginning,
-with ``ray start --head --block`` in a process of its own, on loopback and with the local-only
-and telemetry settings ``engine/simulation.py`` applies to a ``ray.init``. Ray's start-up then
+with ``ray start --head --block`` in a process of its own (less what such a head never uses:
+engine/ray_head.py), on loopback and with the local-only and telemetry settings
+``engine/simulation.py`` applies to a ``ray.init``. Ray's start-up then
 runs on the core the supplier's one-threaded training leaves idle, and the Flower phase joins
 the running head by address (engine/simulation.py ``backend_config``). Measured on the shared
 2-core box (docs/covid_app.md): the Covid app's Flower phase 9.0 s against 15.1 s with
@@ -129,10 +130,12 @@ def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...]
     temp = Path(tempfile.mkdtemp(prefix=f"splitsim-ray-{os.getpid()}-", dir="/tmp"))
     port = free_port()
     sized = [] if cpus is None else [f"--num-cpus={cpus}"]
-    args = [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block",
-            f"--port={port}", f"--ray-client-server-port={free_port()}",  # not 10001: two
-            "--node-ip-address=127.0.0.1", "--include-dashboard=false",  # runs at once
-            "--disable-usage-stats", f"--temp-dir={temp}", *sized]  # fmt: skip
+    # ray_head: ``ray start`` less the Ray Client server, the autoscaler's monitor and the log
+    # monitor, which a head of splitsim's never uses (engine/ray_head.py)
+    args = [sys.executable, "-m", "splitsim.engine.ray_head", "start", "--head", "--block",
+            f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+            "--no-monitor", "--include-log-monitor=false", "--disable-usage-stats",
+            f"--temp-dir={temp}", *sized]  # fmt: skip
     guard = [sys.executable, "-I", str(Path(__file__).with_name("head_guard.py")), str(os.getpid())]
     try:
         with open(temp / "ray_start.log", "wb") as out:

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from flwr.clientapp import ClientApp
 from flwr.serverapp import ServerApp
 
+from splitsim.allocator import child_environment
 from splitsim.scenario import Engine
 
 
@@ -101,6 +102,7 @@ def ray_environment(env: MutableMapping[str, str]) -> None:
     telemetry_defaults(env)
     local_only_ray(env)
     quiet_ray(env)
+    child_environment(env)  # the actors' training steps keep their freed memory (allocator.py)
 
 
 def head_environment() -> dict[str, str]:

@@ -46,11 +46,6 @@ def _child_env(cpus: int, user_ray: dict[str, str]) -> dict[str, str]:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env[var] = str(cpus)
     env["RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO"] = "0"
-    # No warm head (engine/local_ray.py) unless the user asks: it pays while a run's one
-    # training thread leaves a core idle, but a matrix keeps every core busy with cells, so it
-    # only adds its prestarted workers (a small Covid cell alone, idle 2-core machine: 18.3 s
-    # of CPU with it, 15.5 s without).
-    env.setdefault("SPLITSIM_WARM_RAY", "0")
     return env
 
 
