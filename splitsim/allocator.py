@@ -8,12 +8,11 @@ projection, 4.6 M parameters, batch 32, Adam, one thread) page-faulted 4,600-8,9
 step; with these settings, 0-45 times, and a step took 44.0-55.2 ms of CPU against 54.8-76.6 ms,
 1.22-1.39x, in five alternated pairs of fresh processes (``python scripts/bench_allocator.py
 --pairs 5 --steps 100`` on the 2-core machine; an earlier three pairs gave 1.50x, 1.12x and
-0.96x). The arithmetic is the same, bit for bit: only
-where the memory comes from changes.
+0.96x). The arithmetic is the same, bit for bit: only where the memory comes from changes.
 
 The settings: blocks up to 32 MiB (glibc's own ceiling for its sliding threshold on 64-bit)
-come from the heap, and up to 128 MiB of free heap is kept, so a process holds at most that
-much memory it no longer uses. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
+come from the heap, and up to 128 MiB free at the top of the heap is kept rather than given
+back: the price is that much memory, at most there, held by a process that no longer uses it. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
 ``MALLOC_TRIM_THRESHOLD_`` is kept as it is. Linux with glibc only; elsewhere nothing changes.
 """
 
