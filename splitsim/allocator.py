@@ -12,8 +12,9 @@ step; with these settings, 0-45 times, and a step took 44.0-55.2 ms of CPU again
 
 The settings: blocks up to 32 MiB (glibc's own ceiling for its sliding threshold on 64-bit)
 come from the heap, and up to 128 MiB free at the top of the heap is kept rather than given
-back: the price is that much memory, at most there, held by a process that no longer uses it. A user's own ``MALLOC_MMAP_THRESHOLD_`` or
-``MALLOC_TRIM_THRESHOLD_`` is kept as it is. Linux with glibc only; elsewhere nothing changes.
+back: the price is that much memory, at most there, held by a process that no longer uses it.
+A user's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is kept as it is. Linux
+with glibc only; elsewhere nothing changes.
 """
 
 from __future__ import annotations
