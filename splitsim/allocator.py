@@ -11,17 +11,19 @@ step; with these settings, 0-45 times, and a step took 44.0-55.2 ms of CPU again
 0.96x). The arithmetic is the same, bit for bit: only where the memory comes from changes.
 
 The settings: blocks up to 32 MiB (glibc's own ceiling for its sliding threshold on 64-bit)
-come from the heap, and up to 128 MiB free at the top of the heap is kept rather than given
-back: the price is that much memory, at most there, held by a process that no longer uses it.
-A user's own ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is kept as it is. Linux
-with glibc only; elsewhere nothing changes.
+come from the heap, and up to 128 MiB free at the top of each of glibc's heaps is kept rather
+than given back (freed blocks below the top are kept in any case): the price is memory a
+process holds after it no longer uses it. ``splitsim.run`` from Python sets this for the
+calling process too, for the rest of its life. A user's own ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_`` or ``glibc.malloc`` tunables (``GLIBC_TUNABLES``) leave it all as
+the user set it. Linux with glibc only; elsewhere nothing changes.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
-import sys
+import platform
 from collections.abc import MutableMapping
 
 MMAP_THRESHOLD = 32 << 20
@@ -32,7 +34,7 @@ SETTINGS = {"MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD, "MALLOC_TRIM_THRESHOLD_": 
 
 def child_environment(env: MutableMapping[str, str]) -> None:
     """``env``, for a process to start with: glibc reads these when the process starts."""
-    if not sys.platform.startswith("linux") or _user_set(env):
+    if platform.libc_ver()[0] != "glibc" or _user_set(env):
         return
     for name, value in SETTINGS.items():
         env[name] = str(value)
@@ -40,7 +42,7 @@ def child_environment(env: MutableMapping[str, str]) -> None:
 
 def keep_freed_memory() -> None:
     """This process from now on, and the processes it starts (through its environment)."""
-    if not sys.platform.startswith("linux") or _user_set(os.environ):
+    if platform.libc_ver()[0] != "glibc" or _user_set(os.environ):
         return
     try:
         libc = ctypes.CDLL(None)
@@ -52,4 +54,5 @@ def keep_freed_memory() -> None:
 
 
 def _user_set(env: MutableMapping[str, str]) -> bool:
-    return any(name in env for name in SETTINGS)
+    tunables = env.get("GLIBC_TUNABLES", "")
+    return any(name in env for name in SETTINGS) or "glibc.malloc." in tunables

@@ -5,6 +5,7 @@ setting, and a user's own setting is left alone."""
 from __future__ import annotations
 
 import os
+import platform
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import pytest
 
 from splitsim import allocator
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
+pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc only")
 
 STEPS = """
 import os, resource, sys
@@ -60,6 +61,7 @@ def test_a_step_takes_no_fresh_pages_once_freed_memory_is_kept():
 
 def test_a_users_own_allocator_setting_is_kept(monkeypatch):
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     allocator.keep_freed_memory()
     assert "MALLOC_MMAP_THRESHOLD_" not in os.environ
@@ -67,6 +69,9 @@ def test_a_users_own_allocator_setting_is_kept(monkeypatch):
     env = {"MALLOC_MMAP_THRESHOLD_": "65536"}
     allocator.child_environment(env)
     assert env == {"MALLOC_MMAP_THRESHOLD_": "65536"}
+    env = {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}
+    allocator.child_environment(env)
+    assert env == {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1000000"}
     env = {}
     allocator.child_environment(env)
     assert env == {k: str(v) for k, v in allocator.SETTINGS.items()}

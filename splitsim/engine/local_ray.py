@@ -63,9 +63,10 @@ class Head:
 
     def stop(self) -> None:
         """End the head and every process it started (its process group), then its files.
-        SIGKILL, not Ray's graceful SIGTERM: on SIGTERM to the group the autoscaler's
-        monitor waits for ever to report to a GCS that has already ended, and ``ray start``
-        waits for the monitor (ray 2.55); the run has finished with the head."""
+        SIGKILL, not Ray's graceful SIGTERM: the run has finished with the head, and on
+        SIGTERM ``ray start`` waits for its processes to end one by one (when heads still ran
+        the autoscaler's monitor, it waited for ever for the monitor, which waited to report
+        to a GCS that had already ended: ray 2.55)."""
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -118,6 +119,9 @@ def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...]
     from splitsim.engine.deployment import free_port
 
     env = dict(env)
+    # the head's first process runs splitsim.engine.ray_head: wherever splitsim is imported from
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
     # Workers start with the head, not when the Flower phase asks for its actors, and import
     # what the actors will need as they start; the Flower phase uses them when its driver
     # joins with no job runtime environment (engine/simulation.py ``_join_warm_head``): the

@@ -2,9 +2,11 @@
 engine/local_ray.py), without the three processes such a head never uses. Run as
 ``python -m splitsim.engine.ray_head start --head ...``; every argument is ``ray start``'s.
 
-- No Ray Client server. ``ray start`` (ray 2.55) starts one whenever Ray Client's dependencies
-  are installed, and its port option takes no 0 to say "none". A run's driver joins its head by
-  the GCS address, never through ``ray://``. It was also one more listening socket.
+- No Ray Client server. ``ray start`` starts one whenever Ray Client's dependencies are
+  installed, and its port option takes no 0 to say "none": here it is told that Ray Client
+  cannot be served, under the name Ray 2.55 asks by or the older one (a Ray that asks by
+  neither gets a free port for the server, as before). A run's driver joins its head by the
+  GCS address, never through ``ray://``. It was also one more listening socket.
 - No autoscaler monitor (``--no-monitor``, passed by local_ray): one fixed node has nothing
   to scale.
 - No log monitor (``--include-log-monitor=false``, passed by local_ray): every driver joins
@@ -18,6 +20,7 @@ without them (three heads); nine processes against six.
 
 from __future__ import annotations
 
+import socket
 import sys
 
 
@@ -25,11 +28,24 @@ def main(argv: list[str]) -> None:
     import ray.scripts.scripts as ray_cli
 
     # ``ray start`` asks this whether Ray Client can be served, and starts its server when it
-    # can; on a Ray that no longer asks, the server starts as before and nothing breaks.
+    # can (ray 2.55: ``get_ray_client_dependency_error``; older releases:
+    # ``check_ray_client_dependencies_installed``).
     if hasattr(ray_cli, "get_ray_client_dependency_error"):
         ray_cli.get_ray_client_dependency_error = lambda: "not served by a splitsim head"
+    elif hasattr(ray_cli, "check_ray_client_dependencies_installed"):
+        ray_cli.check_ray_client_dependencies_installed = lambda: False
+    elif not any(arg.startswith("--ray-client-server-port") for arg in argv):
+        # a Ray that asks neither starts the server: on a free port, not on Ray's fixed 10001,
+        # which a second head on the machine would fail to take
+        argv = [*argv, f"--ray-client-server-port={free_port()}"]
     sys.argv = ["ray", *argv]
     ray_cli.main()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":
