@@ -129,6 +129,9 @@ def test_the_head_ends_with_a_run_killed_with_9(tmp_path):
             assert not any(unused in line for line in group_of.values()), (unused, group_of)
         # and its processes keep the memory a step frees (splitsim/allocator.py)
         (raylet,) = [pid for pid, line in group_of.items() if "raylet/raylet" in line]
+        # its workers and drivers bind ports the kernel picks, not ``ray start``'s 10002, ...,
+        # which every head on the machine hands out alike (a driver lost that race in CI)
+        assert {"--min_worker_port=0", "--max_worker_port=0"} <= set(group_of[raylet].split())
         environ = psutil.Process(raylet).environ()
         if not any(k.startswith("MALLOC_") or k == "GLIBC_TUNABLES" for k in os.environ):
             assert environ["MALLOC_MMAP_THRESHOLD_"] == str(allocator.MMAP_THRESHOLD)

@@ -135,11 +135,17 @@ def start(env: dict[str, str], cpus: int | None = None, preload: tuple[str, ...]
     port = free_port()
     sized = [] if cpus is None else [f"--num-cpus={cpus}"]
     # ray_head: ``ray start`` less the Ray Client server, the autoscaler's monitor and the log
-    # monitor, which a head of splitsim's never uses (engine/ray_head.py)
+    # monitor, which a head of splitsim's never uses (engine/ray_head.py). Worker ports 0: the
+    # kernel picks each worker's and driver's port, as with ``ray.init``. ``ray start`` hands
+    # out 10002, 10003, ... from every head alike, and a second head on the machine (the other
+    # test worker's, a comparison's other cell) gave one that the first had given: the driver
+    # that lost the race was killed by Ray's check (CI, 2026-12-07: "Failed to start the grpc
+    # server. The specified port is 10003").
     args = [sys.executable, "-m", "splitsim.engine.ray_head", "start", "--head", "--block",
             f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
             "--no-monitor", "--include-log-monitor=false", "--disable-usage-stats",
-            f"--temp-dir={temp}", *sized]  # fmt: skip
+            "--min-worker-port=0", "--max-worker-port=0", f"--temp-dir={temp}",
+            *sized]  # fmt: skip
     guard = [sys.executable, "-I", str(Path(__file__).with_name("head_guard.py")), str(os.getpid())]
     try:
         with open(temp / "ray_start.log", "wb") as out:
