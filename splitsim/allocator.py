@@ -44,11 +44,7 @@ def keep_freed_memory() -> None:
     """This process from now on, and the processes it starts (through its environment)."""
     if platform.libc_ver()[0] != "glibc" or _user_set(os.environ):
         return
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        return
+    mallopt = ctypes.CDLL(None).mallopt
     if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD):
         child_environment(os.environ)
 

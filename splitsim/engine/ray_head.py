@@ -20,7 +20,6 @@ without them (three heads); nine processes against six.
 
 from __future__ import annotations
 
-import socket
 import sys
 
 
@@ -37,15 +36,11 @@ def main(argv: list[str]) -> None:
     elif not any(arg.startswith("--ray-client-server-port") for arg in argv):
         # a Ray that asks neither starts the server: on a free port, not on Ray's fixed 10001,
         # which a second head on the machine would fail to take
+        from splitsim.engine.deployment import free_port
+
         argv = [*argv, f"--ray-client-server-port={free_port()}"]
     sys.argv = ["ray", *argv]
     ray_cli.main()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":
